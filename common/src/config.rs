@@ -1,0 +1,786 @@
+//! The experiment: every knob of a run, in one serde tree.
+//!
+//! Loaded in layers with the `config` crate: the TOML file, then `INCEPT__SECTION__KEY`
+//! environment variables, then `--set section.key=value` overrides. Unknown keys are errors
+//! naming their full path, and [`Experiment::validate`] reports every invalid value at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix; `INCEPT__TRAIN__BATCH_SIZE=8` sets `train.batch_size`.
+pub const ENV_PREFIX: &str = "INCEPT";
+/// Separator between the prefix, sections and keys in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// A whole experiment, as written in `experiments/*.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiment {
+    pub run: RunSection,
+    pub cluster: ClusterSection,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+}
+
+/// Naming and seeding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    pub name: String,
+    /// Seeds model initialisation, data generation and shuffling: same seed, same run.
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            name: "experiment".into(),
+            seed: 42,
+        }
+    }
+}
+
+/// How workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launcher {
+    /// The coordinator spawns `world_size` worker processes on this machine.
+    Local,
+    /// Workers are started elsewhere (`worker --coordinator URL --token T`).
+    External,
+}
+
+/// Processes, addresses and timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    pub launcher: Launcher,
+    /// Number of data-parallel replicas.
+    pub world_size: usize,
+    /// Address the coordinator's gRPC API binds (port 0: ephemeral).
+    pub bind: String,
+    /// How long the rendezvous waits for every rank to join.
+    pub join_timeout_s: u64,
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this long is declared lost and fails the run.
+    pub heartbeat_timeout_s: u64,
+    /// Deadline of every collective operation (ring connection, all-reduce, broadcast).
+    pub collective_timeout_s: u64,
+    /// CPU threads each locally launched worker computes with.
+    pub threads_per_worker: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            launcher: Launcher::Local,
+            world_size: 1,
+            bind: "127.0.0.1:0".into(),
+            join_timeout_s: 120,
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_s: 60,
+            collective_timeout_s: 300,
+            threads_per_worker: 1,
+        }
+    }
+}
+
+/// The network to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub arch: String,
+    pub num_classes: usize,
+    /// Square input side in pixels.
+    pub image_size: usize,
+    /// Channel multiplier for small experiments (1.0 = the reference network).
+    pub width: f64,
+    /// Residual block counts per stage (Inception-ResNet: A, B, C); TF-slim uses 10/20/9.
+    pub blocks: [usize; 3],
+    /// Sets the residual scale of every block type; `residual_scale_{a,b,c}` override it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_scale_a: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_scale_b: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_scale_c: Option<f64>,
+    /// The released code's final Block8: scale 1.0, no ReLU.
+    pub final_block: bool,
+    pub dropout: f64,
+    /// PyTorch-style BatchNorm momentum; TF's decay 0.9997 is 0.0003.
+    pub bn_momentum: f64,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            arch: "inception_resnet_v2".into(),
+            num_classes: 1000,
+            image_size: 299,
+            width: 1.0,
+            blocks: [10, 20, 9],
+            residual_scale: None,
+            residual_scale_a: None,
+            residual_scale_b: None,
+            residual_scale_c: None,
+            final_block: true,
+            dropout: 0.2,
+            bn_momentum: 0.0003,
+        }
+    }
+}
+
+/// Reference residual scales of the released Inception-ResNet-v2 code (A, B, C).
+pub const DEFAULT_RESIDUAL_SCALES: [f64; 3] = [0.17, 0.10, 0.20];
+
+impl ModelSection {
+    /// Effective residual scales (A, B, C): per-type override, else `residual_scale`, else the reference.
+    pub fn residual_scales(&self) -> [f64; 3] {
+        let per_type = [
+            self.residual_scale_a,
+            self.residual_scale_b,
+            self.residual_scale_c,
+        ];
+        std::array::from_fn(|i| {
+            per_type[i]
+                .or(self.residual_scale)
+                .unwrap_or(DEFAULT_RESIDUAL_SCALES[i])
+        })
+    }
+}
+
+/// Where images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// Deterministic generated images with learnable class structure.
+    Synthetic,
+    /// ILSVRC-2012 folder layout under `data.path` (`train/<wnid>/*.JPEG`, `val/`).
+    Imagenet,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    pub source: DataSource,
+    /// Dataset root for file-backed sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Synthetic source: training images per epoch.
+    pub train_samples: usize,
+    /// Synthetic source: held-out validation images.
+    pub val_samples: usize,
+    /// Synthetic source: standard deviation of the pixel noise (signal amplitude is 1).
+    pub noise: f64,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            source: DataSource::Synthetic,
+            path: None,
+            train_samples: 10_000,
+            val_samples: 1_000,
+            noise: 0.5,
+        }
+    }
+}
+
+impl DataSection {
+    /// Folders a file-backed source must find, with the key that names them.
+    pub fn required_paths(&self) -> Vec<PathBuf> {
+        match (self.source, &self.path) {
+            (DataSource::Imagenet, Some(root)) => vec![root.join("train"), root.join("val")],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// RMSProp with TensorFlow semantics (the paper's optimizer).
+    Rmsprop,
+    /// SGD with momentum (dampening 0).
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    pub kind: OptimizerKind,
+    pub learning_rate: f64,
+    pub momentum: f64,
+    /// RMSProp: decay of the mean-square accumulator.
+    pub decay: f64,
+    /// RMSProp: added inside the square root (TF semantics; the paper uses 1.0).
+    pub epsilon: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Rmsprop,
+            learning_rate: 0.045,
+            momentum: 0.9,
+            decay: 0.9,
+            epsilon: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Constant,
+    /// `lr × decay_rate^(epoch / decay_epochs)`, floored to whole periods when `staircase`.
+    Exponential,
+    /// Half-cosine from the base rate to zero over the run.
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    pub kind: ScheduleKind,
+    pub decay_rate: f64,
+    pub decay_epochs: f64,
+    pub staircase: bool,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Exponential,
+            decay_rate: 0.94,
+            decay_epochs: 2.0,
+            staircase: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Images per micro-batch per worker.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    pub accumulate: usize,
+    pub epochs: usize,
+    /// Stops earlier than `epochs` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    pub label_smoothing: f64,
+    /// Workers send metrics to the coordinator every this many steps.
+    pub log_every: u64,
+    pub optimizer: OptimizerSection,
+    pub schedule: ScheduleSection,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            accumulate: 1,
+            epochs: 1,
+            max_steps: None,
+            label_smoothing: 0.1,
+            log_every: 10,
+            optimizer: OptimizerSection::default(),
+            schedule: ScheduleSection::default(),
+        }
+    }
+}
+
+impl Experiment {
+    /// Images consumed by one optimizer step across all replicas.
+    pub fn global_batch(&self) -> usize {
+        self.train.batch_size * self.train.accumulate * self.cluster.world_size
+    }
+
+    /// Optimizer steps per pass over the training set (the remainder is dropped).
+    pub fn steps_per_epoch(&self) -> u64 {
+        (self.data.train_samples / self.global_batch().max(1)) as u64
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
+        let full = self.steps_per_epoch() * self.train.epochs as u64;
+        self.train.max_steps.map_or(full, |cap| cap.min(full))
+    }
+
+    /// Checks every value; returns all problems, each naming its key.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut problems = ValidationErrors::default();
+        let mut check = |ok: bool, key: &str, value: String, rule: &str| {
+            if !ok {
+                problems.0.push(Problem {
+                    key: key.into(),
+                    value,
+                    rule: rule.into(),
+                });
+            }
+        };
+        let c = &self.cluster;
+        check(
+            c.world_size >= 1,
+            "cluster.world_size",
+            c.world_size.to_string(),
+            "must be at least 1",
+        );
+        check(
+            c.bind.parse::<std::net::SocketAddr>().is_ok(),
+            "cluster.bind",
+            format!("{:?}", c.bind),
+            "must be an address like 127.0.0.1:0",
+        );
+        check(
+            c.join_timeout_s >= 1,
+            "cluster.join_timeout_s",
+            c.join_timeout_s.to_string(),
+            "must be at least 1",
+        );
+        check(
+            c.heartbeat_interval_ms >= 10,
+            "cluster.heartbeat_interval_ms",
+            c.heartbeat_interval_ms.to_string(),
+            "must be at least 10",
+        );
+        check(
+            c.heartbeat_timeout_s * 1000 > c.heartbeat_interval_ms,
+            "cluster.heartbeat_timeout_s",
+            c.heartbeat_timeout_s.to_string(),
+            "must exceed the heartbeat interval",
+        );
+        check(
+            c.collective_timeout_s >= 1,
+            "cluster.collective_timeout_s",
+            c.collective_timeout_s.to_string(),
+            "must be at least 1",
+        );
+        check(
+            c.threads_per_worker >= 1,
+            "cluster.threads_per_worker",
+            c.threads_per_worker.to_string(),
+            "must be at least 1",
+        );
+
+        let m = &self.model;
+        check(
+            crate::model::registry::is_known(&m.arch),
+            "model.arch",
+            format!("{:?}", m.arch),
+            &format!("must be one of {:?}", crate::model::registry::ARCHS),
+        );
+        check(
+            m.num_classes >= 2,
+            "model.num_classes",
+            m.num_classes.to_string(),
+            "must be at least 2",
+        );
+        check(
+            m.width > 0.0 && m.width <= 4.0,
+            "model.width",
+            m.width.to_string(),
+            "must be in (0, 4]",
+        );
+        if let Err(rule) = crate::model::registry::check_image_size(&m.arch, m.image_size) {
+            check(false, "model.image_size", m.image_size.to_string(), &rule);
+        }
+        for (key, scale) in [
+            ("model.residual_scale", m.residual_scale),
+            ("model.residual_scale_a", m.residual_scale_a),
+            ("model.residual_scale_b", m.residual_scale_b),
+            ("model.residual_scale_c", m.residual_scale_c),
+        ] {
+            if let Some(scale) = scale {
+                check(
+                    scale >= 0.0 && scale.is_finite(),
+                    key,
+                    scale.to_string(),
+                    "must be a finite number ≥ 0",
+                );
+            }
+        }
+        check(
+            (0.0..1.0).contains(&m.dropout),
+            "model.dropout",
+            m.dropout.to_string(),
+            "must be in [0, 1)",
+        );
+        check(
+            m.bn_momentum > 0.0 && m.bn_momentum <= 1.0,
+            "model.bn_momentum",
+            m.bn_momentum.to_string(),
+            "must be in (0, 1]",
+        );
+
+        let d = &self.data;
+        if d.source == DataSource::Imagenet {
+            check(
+                d.path.is_some(),
+                "data.path",
+                "(unset)".into(),
+                "is required when data.source = \"imagenet\"",
+            );
+        }
+        check(
+            d.noise >= 0.0 && d.noise.is_finite(),
+            "data.noise",
+            d.noise.to_string(),
+            "must be ≥ 0",
+        );
+        check(
+            d.val_samples >= 1,
+            "data.val_samples",
+            d.val_samples.to_string(),
+            "must be at least 1",
+        );
+
+        let t = &self.train;
+        check(
+            t.batch_size >= 1,
+            "train.batch_size",
+            t.batch_size.to_string(),
+            "must be at least 1",
+        );
+        check(
+            t.accumulate >= 1,
+            "train.accumulate",
+            t.accumulate.to_string(),
+            "must be at least 1",
+        );
+        check(
+            t.epochs >= 1,
+            "train.epochs",
+            t.epochs.to_string(),
+            "must be at least 1",
+        );
+        check(
+            t.log_every >= 1,
+            "train.log_every",
+            t.log_every.to_string(),
+            "must be at least 1",
+        );
+        check(
+            (0.0..1.0).contains(&t.label_smoothing),
+            "train.label_smoothing",
+            t.label_smoothing.to_string(),
+            "must be in [0, 1)",
+        );
+        if t.batch_size >= 1 && t.accumulate >= 1 && c.world_size >= 1 {
+            check(
+                self.steps_per_epoch() >= 1,
+                "data.train_samples",
+                d.train_samples.to_string(),
+                &format!(
+                    "must hold at least one global batch ({} images)",
+                    self.global_batch()
+                ),
+            );
+        }
+        let o = &t.optimizer;
+        check(
+            o.learning_rate > 0.0 && o.learning_rate.is_finite(),
+            "train.optimizer.learning_rate",
+            o.learning_rate.to_string(),
+            "must be > 0",
+        );
+        check(
+            (0.0..1.0).contains(&o.momentum),
+            "train.optimizer.momentum",
+            o.momentum.to_string(),
+            "must be in [0, 1)",
+        );
+        check(
+            (0.0..1.0).contains(&o.decay),
+            "train.optimizer.decay",
+            o.decay.to_string(),
+            "must be in [0, 1)",
+        );
+        check(
+            o.epsilon > 0.0,
+            "train.optimizer.epsilon",
+            o.epsilon.to_string(),
+            "must be > 0",
+        );
+        let s = &t.schedule;
+        check(
+            s.decay_rate > 0.0 && s.decay_rate <= 1.0,
+            "train.schedule.decay_rate",
+            s.decay_rate.to_string(),
+            "must be in (0, 1]",
+        );
+        check(
+            s.decay_epochs > 0.0,
+            "train.schedule.decay_epochs",
+            s.decay_epochs.to_string(),
+            "must be > 0",
+        );
+
+        if problems.0.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The resolved experiment as TOML: what workers receive and what the run directory keeps.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("an Experiment always serialises to TOML")
+    }
+
+    /// Parses a resolved experiment (as sent in an assignment).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+            file: PathBuf::from("<assignment>"),
+            message: e.to_string(),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
+            file: PathBuf::from("<assignment>"),
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
+    }
+}
+
+/// One invalid value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub value: String,
+    pub rule: String,
+}
+
+/// Every invalid value of an experiment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValidationErrors(pub Vec<Problem>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} invalid value(s):", self.0.len())?;
+        for p in &self.0 {
+            write!(f, "\n  - {} = {}: {}", p.key, p.value, p.rule)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Why an experiment could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("experiment file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{file}: malformed TOML: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Key {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("override {0:?} must look like section.key=value")]
+    Override(String),
+    #[error("{file}: {source}")]
+    Invalid {
+        file: PathBuf,
+        source: ValidationErrors,
+    },
+}
+
+/// Loads `file`, applies environment variables and `--set` overrides, and validates the result.
+pub fn load(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
+    if !file.is_file() {
+        return Err(ConfigError::Missing(file.to_path_buf()));
+    }
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from(file).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true),
+        );
+    for item in overrides {
+        let (key, value) = item
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| ConfigError::Override(item.clone()))?;
+        builder = builder
+            .set_override(key.trim(), override_value(value.trim()))
+            .map_err(|e| ConfigError::Key {
+                file: file.to_path_buf(),
+                key: key.into(),
+                message: e.to_string(),
+            })?;
+    }
+    let merged = builder.build().map_err(|e| ConfigError::Parse {
+        file: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let experiment: Experiment =
+        serde_path_to_error::deserialize(merged).map_err(|e| ConfigError::Key {
+            file: file.to_path_buf(),
+            key: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+    experiment
+        .validate()
+        .map_err(|source| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            source,
+        })?;
+    Ok(experiment)
+}
+
+/// Reads an override's value as a TOML value (so `blocks=[1,1,1]` and `width=0.5` keep their
+/// types), falling back to a plain string (`launcher=external`).
+fn override_value(text: &str) -> config::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut table) => toml_to_config(table.remove("v").expect("key v was just parsed")),
+        Err(_) => config::Value::from(text),
+    }
+}
+
+fn toml_to_config(value: toml::Value) -> config::Value {
+    use config::{Value, ValueKind};
+    let kind = match value {
+        toml::Value::String(s) => ValueKind::String(s),
+        toml::Value::Integer(i) => ValueKind::I64(i),
+        toml::Value::Float(f) => ValueKind::Float(f),
+        toml::Value::Boolean(b) => ValueKind::Boolean(b),
+        toml::Value::Datetime(d) => ValueKind::String(d.to_string()),
+        toml::Value::Array(items) => {
+            ValueKind::Array(items.into_iter().map(toml_to_config).collect())
+        }
+        toml::Value::Table(table) => ValueKind::Table(
+            table
+                .into_iter()
+                .map(|(k, v)| (k, toml_to_config(v)))
+                .collect(),
+        ),
+    };
+    Value::new(None, kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("exp.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const SMALL: &str =
+        "[model]\narch = \"inception_resnet_v2\"\nnum_classes = 10\nimage_size = 75\n";
+
+    #[test]
+    fn loads_defaults_and_file_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = load(&write(&dir, SMALL), &[]).unwrap();
+        assert_eq!(exp.model.num_classes, 10);
+        assert_eq!(exp.train.batch_size, 32);
+        assert_eq!(exp.model.residual_scales(), DEFAULT_RESIDUAL_SCALES);
+    }
+
+    #[test]
+    fn overrides_keep_their_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let sets = [
+            "model.blocks=[1, 2, 3]".to_string(),
+            "model.width = 0.5".into(),
+            "cluster.launcher=external".into(),
+            "model.residual_scale=0.3".into(),
+            "model.residual_scale_b=0.1".into(),
+        ];
+        let exp = load(&write(&dir, SMALL), &sets).unwrap();
+        assert_eq!(exp.model.blocks, [1, 2, 3]);
+        assert_eq!(exp.model.width, 0.5);
+        assert_eq!(exp.cluster.launcher, Launcher::External);
+        assert_eq!(exp.model.residual_scales(), [0.3, 0.1, 0.3]);
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = load(Path::new("/nonexistent/x.toml"), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "experiment file /nonexistent/x.toml does not exist"
+        );
+    }
+
+    #[test]
+    fn malformed_toml_reports_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(&write(&dir, "[model]\nnum_classes = = 3\n"), &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("exp.toml"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("column"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_reports_full_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[train.optimizer]\nlr = 0.1\n";
+        let err = load(&write(&dir, text), &[]).unwrap_err().to_string();
+        assert!(err.contains("train.optimizer.lr"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[cluster]\nworld_size = 0\n[train]\nbatch_size = 0\n[train.optimizer]\nlearning_rate = -0.1\n[model]\nresidual_scale = -0.2\n";
+        let err = load(&write(&dir, text), &[]).unwrap_err().to_string();
+        for key in [
+            "cluster.world_size = 0",
+            "train.batch_size = 0",
+            "train.optimizer.learning_rate = -0.1",
+            "model.residual_scale = -0.2",
+        ] {
+            assert!(err.contains(key), "missing {key} in {err}");
+        }
+    }
+
+    #[test]
+    fn lr_zero_is_invalid() {
+        let mut exp = Experiment::default();
+        exp.train.optimizer.learning_rate = 0.0;
+        let err = exp.validate().unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].key, "train.optimizer.learning_rate");
+    }
+
+    #[test]
+    fn resolved_toml_round_trips() {
+        let mut exp = Experiment::default();
+        exp.model.residual_scale = Some(0.2);
+        exp.data.path = Some("/data/imagenet".into());
+        assert_eq!(Experiment::from_toml(&exp.to_toml()).unwrap(), exp);
+    }
+
+    #[test]
+    fn steps_follow_global_batch() {
+        let mut exp = Experiment::default();
+        exp.cluster.world_size = 2;
+        exp.train.batch_size = 8;
+        exp.train.accumulate = 2;
+        exp.data.train_samples = 100;
+        exp.train.epochs = 3;
+        assert_eq!(exp.global_batch(), 32);
+        assert_eq!(exp.steps_per_epoch(), 3);
+        assert_eq!(exp.total_steps(), 9);
+        exp.train.max_steps = Some(4);
+        assert_eq!(exp.total_steps(), 4);
+    }
+}

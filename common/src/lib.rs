@@ -1,0 +1,15 @@
+//! Library shared by the incept coordinator and worker binaries.
+//!
+//! One module per job: the experiment [`config`], the gRPC [`proto`]col, the Inception
+//! [`model`]s, training [`data`], gradient [`collective`]s, and data-parallel [`train`]ing.
+
+pub mod collective;
+pub mod config;
+pub mod data;
+pub mod fsutil;
+pub mod model;
+pub mod proto;
+pub mod train;
+
+/// The burn backend workers train on: the `flex` CPU backend with autodiff.
+pub type TrainBackend = burn::backend::Autodiff<burn::backend::Flex>;

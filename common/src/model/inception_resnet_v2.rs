@@ -1,0 +1,669 @@
+//! Inception-ResNet-v2 (Szegedy et al., arXiv 1602.07261) as released in TF-slim, which trained
+//! the published checkpoints (timm and Keras are identical): 10 / 20 / 9 + 1 residual blocks
+//! rather than the paper figure's 5 / 10 / 5, and a final unscaled Block8 without ReLU.
+//!
+//! Module paths follow timm (`conv2d_1a`, `mixed_5b.branch3.1`, `repeat.0.conv2d`, `classif`, …)
+//! so timm checkpoints import by name.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{AvgPool2d, MaxPool2d};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::layers::{
+    ConvBn, ConvBnConfig, avg_pool_3x3_same, conv2d, global_avg_pool, max_pool_3x3_s2,
+    up_projection,
+};
+
+/// Hyper-parameters of [`InceptionResNetV2`]; the defaults are TF-slim's.
+#[derive(Config, Debug)]
+pub struct InceptionResNetV2Config {
+    /// Classifier outputs (TF-slim checkpoints: 1001, index 0 = background; timm: 1000).
+    pub num_classes: usize,
+    /// Channel multiplier: every channel count `c` becomes `max(1, round(c · width))`, so that
+    /// small networks for tests and experiments keep the exact topology.
+    #[config(default = 1.0)]
+    pub width: f64,
+    /// Number of Block35 / Block17 / scaled Block8 blocks (released code 10 / 20 / 9; paper 5 / 10 / 5).
+    #[config(default = "[10, 20, 9]")]
+    pub blocks: [usize; 3],
+    /// Residual scale of Block35: scaling stops very wide residual nets from "dying" (v4 paper §3.3).
+    #[config(default = 0.17)]
+    pub scale_a: f64,
+    /// Residual scale of Block17.
+    #[config(default = 0.10)]
+    pub scale_b: f64,
+    /// Residual scale of the scaled Block8s.
+    #[config(default = 0.20)]
+    pub scale_c: f64,
+    /// Append the final Block8 with scale 1.0 and no ReLU (TF-slim, timm and Keras all have it).
+    #[config(default = true)]
+    pub final_block: bool,
+    /// Dropout before the classifier (TF-slim keep probability 0.8).
+    #[config(default = 0.2)]
+    pub dropout: f64,
+    /// PyTorch-style batch-norm momentum (TF decay 0.9997).
+    #[config(default = 0.0003)]
+    pub bn_momentum: f64,
+}
+
+/// `(kernel, stride)` of the valid-padded layers on the main path, input to output: the only
+/// layers that can shrink a map below one pixel (same-padded ones keep the size).
+const VALID_REDUCTIONS: [(usize, usize); 7] = [
+    (3, 2), // conv2d_1a
+    (3, 1), // conv2d_2a
+    (3, 2), // maxpool_3a
+    (3, 1), // conv2d_4a
+    (3, 2), // maxpool_5a
+    (3, 2), // mixed_6a
+    (3, 2), // mixed_7a
+];
+
+impl InceptionResNetV2Config {
+    /// Builds the network with burn's default (Kaiming-uniform) initialisation.
+    ///
+    /// # Panics
+    /// If `width` is not a positive finite number.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionResNetV2<B> {
+        assert!(
+            self.width.is_finite() && self.width > 0.0,
+            "width must be positive, got {}",
+            self.width
+        );
+        let b = Builder::<B> {
+            width: self.width,
+            bn_momentum: self.bn_momentum,
+            device,
+        };
+        let [n35, n17, n8] = self.blocks;
+
+        let conv2d_1a = b.conv(3, Conv::reduce(32));
+        let conv2d_2a = b.conv(conv2d_1a.out_channels(), Conv::valid(32, [3, 3]));
+        let conv2d_2b = b.conv(conv2d_2a.out_channels(), Conv::same(64, [3, 3]));
+        let conv2d_3b = b.conv(conv2d_2b.out_channels(), Conv::pointwise(80));
+        let conv2d_4a = b.conv(conv2d_3b.out_channels(), Conv::valid(192, [3, 3]));
+        let mixed_5b = b.mixed_5b(conv2d_4a.out_channels());
+        let c35 = mixed_5b.out_channels();
+        let repeat = (0..n35).map(|_| b.block35(c35, self.scale_a)).collect();
+        let mixed_6a = b.mixed_6a(c35);
+        let c17 = mixed_6a.out_channels(c35);
+        let repeat_1 = (0..n17).map(|_| b.block17(c17, self.scale_b)).collect();
+        let mixed_7a = b.mixed_7a(c17);
+        let c8 = mixed_7a.out_channels(c17);
+        let repeat_2 = (0..n8).map(|_| b.block8(c8, self.scale_c, true)).collect();
+        let block8 = self.final_block.then(|| b.block8(c8, 1.0, false));
+        let conv2d_7b = b.conv(c8, Conv::pointwise(1536));
+        let classif = LinearConfig::new(conv2d_7b.out_channels(), self.num_classes).init(device);
+
+        InceptionResNetV2 {
+            conv2d_1a,
+            conv2d_2a,
+            conv2d_2b,
+            maxpool_3a: max_pool_3x3_s2(),
+            conv2d_3b,
+            conv2d_4a,
+            maxpool_5a: max_pool_3x3_s2(),
+            mixed_5b,
+            repeat,
+            mixed_6a,
+            repeat_1,
+            mixed_7a,
+            repeat_2,
+            block8,
+            conv2d_7b,
+            dropout: DropoutConfig::new(self.dropout).init(),
+            classif,
+        }
+    }
+
+    /// Smallest input side that survives every valid-padded reduction of the network (75: the
+    /// final map is then 1×1).
+    pub fn min_image_size(&self) -> usize {
+        VALID_REDUCTIONS
+            .iter()
+            .rev()
+            .fold(1, |size, &(kernel, stride)| (size - 1) * stride + kernel)
+    }
+
+    /// Rejects input sides the network cannot process, before any tensor work fails obscurely.
+    pub fn check_image_size(&self, size: usize) -> Result<(), String> {
+        let min = self.min_image_size();
+        if size < min {
+            return Err(format!(
+                "image size {size} is too small for Inception-ResNet-v2: the minimum is {min} \
+                 (native resolution 299)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Inception-ResNet-v2: stem → Mixed_5b → Block35 × n → Mixed_6a → Block17 × n → Mixed_7a →
+/// Block8 × n (+ final Block8) → 1×1 conv 1536 → global average pool → dropout → classifier.
+#[derive(Module, Debug)]
+pub struct InceptionResNetV2<B: Backend> {
+    /// Stem: 32 3×3/2 valid (299 → 149).
+    pub conv2d_1a: ConvBn<B>,
+    /// Stem: 32 3×3 valid (→ 147).
+    pub conv2d_2a: ConvBn<B>,
+    /// Stem: 64 3×3 same.
+    pub conv2d_2b: ConvBn<B>,
+    /// Stem: max pool 3×3/2 valid (→ 73).
+    pub maxpool_3a: MaxPool2d,
+    /// Stem: 80 1×1.
+    pub conv2d_3b: ConvBn<B>,
+    /// Stem: 192 3×3 valid (→ 71).
+    pub conv2d_4a: ConvBn<B>,
+    /// Stem: max pool 3×3/2 valid (→ 35).
+    pub maxpool_5a: MaxPool2d,
+    /// 35×35 → 320 channels.
+    pub mixed_5b: Mixed5b<B>,
+    /// Block35 stack (Inception-ResNet-A).
+    pub repeat: Vec<Block35<B>>,
+    /// Reduction to 17×17×1088.
+    pub mixed_6a: Mixed6a<B>,
+    /// Block17 stack (Inception-ResNet-B).
+    pub repeat_1: Vec<Block17<B>>,
+    /// Reduction to 8×8×2080.
+    pub mixed_7a: Mixed7a<B>,
+    /// Scaled Block8 stack (Inception-ResNet-C).
+    pub repeat_2: Vec<Block8<B>>,
+    /// Final Block8: scale 1.0, no ReLU.
+    pub block8: Option<Block8<B>>,
+    /// 1536 1×1 before the pool.
+    pub conv2d_7b: ConvBn<B>,
+    /// Active only with autodiff (training).
+    pub dropout: Dropout,
+    /// Classifier.
+    pub classif: Linear<B>,
+}
+
+impl<B: Backend> InceptionResNetV2<B> {
+    /// Images `[N, 3, S, S]` in `[-1, 1]` → logits `[N, num_classes]`.
+    ///
+    /// `S` must be at least [`InceptionResNetV2Config::min_image_size`] (check it with
+    /// [`InceptionResNetV2Config::check_image_size`]); 299 is the native resolution.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [.., features] = self.forward_features(images);
+        self.classif
+            .forward(self.dropout.forward(global_avg_pool(features)))
+    }
+
+    /// The four stage outputs, for feature extraction and shape checks: at 299 they are
+    /// 35×35×320 (after the Block35s), 17×17×1088 (Block17s), 8×8×2080 (Block8s) and
+    /// 8×8×1536 (conv2d_7b), channels scaled by the width.
+    pub fn forward_features(&self, images: Tensor<B, 4>) -> [Tensor<B, 4>; 4] {
+        let x = self.conv2d_1a.forward(images);
+        let x = self.conv2d_2b.forward(self.conv2d_2a.forward(x));
+        let x = self.conv2d_3b.forward(self.maxpool_3a.forward(x));
+        let x = self.maxpool_5a.forward(self.conv2d_4a.forward(x));
+        let a = run_blocks(&self.repeat, self.mixed_5b.forward(x));
+        let b = run_blocks(&self.repeat_1, self.mixed_6a.forward(a.clone()));
+        let c = run_blocks(&self.repeat_2, self.mixed_7a.forward(b.clone()));
+        let c = run_blocks(self.block8.as_slice(), c);
+        let d = self.conv2d_7b.forward(c.clone());
+        [a, b, c, d]
+    }
+}
+
+/// Block35: residual Inception-ResNet-A block on the 35×35 grid.
+pub type Block35<B> = ResidualBlock<B>;
+/// Block17: residual Inception-ResNet-B block on the 17×17 grid (`branch2` empty).
+pub type Block17<B> = ResidualBlock<B>;
+/// Block8: residual Inception-ResNet-C block on the 8×8 grid (`branch2` empty).
+pub type Block8<B> = ResidualBlock<B>;
+
+/// Residual block: conv branches → concat → 1×1 up projection with bias (no BN, no
+/// activation) → `x + scale · up` → ReLU unless it is the final Block8. No BN after the sum.
+///
+/// One type for all three grids so the residual arithmetic exists once; Block17 and Block8
+/// have two branches, and their `branch2` is empty (no parameters, no checkpoint keys).
+#[derive(Module, Debug)]
+pub struct ResidualBlock<B: Backend> {
+    /// 1×1 branch.
+    pub branch0: ConvBn<B>,
+    /// 1×1 → 3×3 (A), 1×1 → 1×7 → 7×1 (B) or 1×1 → 1×3 → 3×1 (C).
+    pub branch1: Vec<ConvBn<B>>,
+    /// 1×1 → 3×3 → 3×3 (A only).
+    pub branch2: Vec<ConvBn<B>>,
+    /// Up projection back to the block's input channels (timm's `conv2d`).
+    pub conv2d: Conv2d<B>,
+    /// Residual scale.
+    pub scale: f64,
+    /// Whether the sum goes through a ReLU (false only for the final Block8).
+    pub relu: bool,
+}
+
+impl<B: Backend> ResidualBlock<B> {
+    /// `[N, C, H, W]` → `[N, C, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut branches = vec![
+            self.branch0.forward(x.clone()),
+            run_chain(&self.branch1, x.clone()),
+        ];
+        if !self.branch2.is_empty() {
+            branches.push(run_chain(&self.branch2, x.clone()));
+        }
+        let up = conv2d(&self.conv2d, Tensor::cat(branches, 1));
+        let sum = x + up.mul_scalar(self.scale);
+        if self.relu { relu(sum) } else { sum }
+    }
+}
+
+/// Mixed_5b: the 35×35 Inception-A-style block that widens the stem's 192 channels to 320.
+#[derive(Module, Debug)]
+pub struct Mixed5b<B: Backend> {
+    /// 96 1×1.
+    pub branch0: ConvBn<B>,
+    /// 48 1×1 → 64 5×5.
+    pub branch1: Vec<ConvBn<B>>,
+    /// 64 1×1 → 96 3×3 → 96 3×3.
+    pub branch2: Vec<ConvBn<B>>,
+    /// Average pool → 64 1×1; a pair so the conv's path is timm's `branch3.1`.
+    pub branch3: (AvgPool2d, ConvBn<B>),
+}
+
+impl<B: Backend> Mixed5b<B> {
+    /// `[N, 192, H, W]` → `[N, 320, H, W]` (channels at width 1).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let (pool, pool_conv) = &self.branch3;
+        let branches = vec![
+            self.branch0.forward(x.clone()),
+            run_chain(&self.branch1, x.clone()),
+            run_chain(&self.branch2, x.clone()),
+            pool_conv.forward(pool.forward(x)),
+        ];
+        Tensor::cat(branches, 1)
+    }
+
+    /// Sum of the branch widths.
+    fn out_channels(&self) -> usize {
+        self.branch0.out_channels()
+            + chain_out_channels(&self.branch1)
+            + chain_out_channels(&self.branch2)
+            + self.branch3.1.out_channels()
+    }
+}
+
+/// Mixed_6a (Reduction-A): 35×35 → 17×17, 320 → 1088 channels.
+#[derive(Module, Debug)]
+pub struct Mixed6a<B: Backend> {
+    /// 384 3×3/2 valid.
+    pub branch0: ConvBn<B>,
+    /// 256 1×1 → 256 3×3 → 384 3×3/2 valid.
+    pub branch1: Vec<ConvBn<B>>,
+    /// Max pool 3×3/2 valid (passes the input channels through).
+    pub branch2: MaxPool2d,
+}
+
+impl<B: Backend> Mixed6a<B> {
+    /// `[N, C, H, W]` → `[N, 384 + 384 + C, H', W']` (channels at width 1).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let branches = vec![
+            self.branch0.forward(x.clone()),
+            run_chain(&self.branch1, x.clone()),
+            self.branch2.forward(x),
+        ];
+        Tensor::cat(branches, 1)
+    }
+
+    /// Conv branch widths plus the pooled input's.
+    fn out_channels(&self, in_channels: usize) -> usize {
+        self.branch0.out_channels() + chain_out_channels(&self.branch1) + in_channels
+    }
+}
+
+/// Mixed_7a (Reduction-B): 17×17 → 8×8, 1088 → 2080 channels.
+#[derive(Module, Debug)]
+pub struct Mixed7a<B: Backend> {
+    /// 256 1×1 → 384 3×3/2 valid.
+    pub branch0: Vec<ConvBn<B>>,
+    /// 256 1×1 → 288 3×3/2 valid.
+    pub branch1: Vec<ConvBn<B>>,
+    /// 256 1×1 → 288 3×3 → 320 3×3/2 valid.
+    pub branch2: Vec<ConvBn<B>>,
+    /// Max pool 3×3/2 valid (passes the input channels through).
+    pub branch3: MaxPool2d,
+}
+
+impl<B: Backend> Mixed7a<B> {
+    /// `[N, C, H, W]` → `[N, 384 + 288 + 320 + C, H', W']` (channels at width 1).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let branches = vec![
+            run_chain(&self.branch0, x.clone()),
+            run_chain(&self.branch1, x.clone()),
+            run_chain(&self.branch2, x.clone()),
+            self.branch3.forward(x),
+        ];
+        Tensor::cat(branches, 1)
+    }
+
+    /// Conv branch widths plus the pooled input's.
+    fn out_channels(&self, in_channels: usize) -> usize {
+        chain_out_channels(&self.branch0)
+            + chain_out_channels(&self.branch1)
+            + chain_out_channels(&self.branch2)
+            + in_channels
+    }
+}
+
+/// Applies a branch's convolutions in order.
+fn run_chain<B: Backend>(chain: &[ConvBn<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
+    chain.iter().fold(x, |x, conv| conv.forward(x))
+}
+
+/// Applies residual blocks in order.
+fn run_blocks<B: Backend>(blocks: &[ResidualBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
+    blocks.iter().fold(x, |x, block| block.forward(x))
+}
+
+/// Output channels of a (non-empty) branch.
+fn chain_out_channels<B: Backend>(chain: &[ConvBn<B>]) -> usize {
+    chain.last().map_or(0, ConvBn::out_channels)
+}
+
+/// One convolution of the TF-slim definition, with its unscaled output channels.
+struct Conv {
+    out: usize,
+    kernel: [usize; 2],
+    stride: usize,
+    padding: PaddingConfig2d,
+}
+
+impl Conv {
+    /// Stride 1, same padding: every non-reducing conv inside the blocks.
+    const fn same(out: usize, kernel: [usize; 2]) -> Self {
+        Self {
+            out,
+            kernel,
+            stride: 1,
+            padding: PaddingConfig2d::Same,
+        }
+    }
+
+    /// 1×1 (padding is irrelevant).
+    const fn pointwise(out: usize) -> Self {
+        Self::same(out, [1, 1])
+    }
+
+    /// Stride 1, valid padding: the stem's shrinking 3×3s.
+    const fn valid(out: usize, kernel: [usize; 2]) -> Self {
+        Self {
+            out,
+            kernel,
+            stride: 1,
+            padding: PaddingConfig2d::Valid,
+        }
+    }
+
+    /// 3×3 stride 2 valid: the grid reductions.
+    const fn reduce(out: usize) -> Self {
+        Self {
+            out,
+            kernel: [3, 3],
+            stride: 2,
+            padding: PaddingConfig2d::Valid,
+        }
+    }
+}
+
+/// Turns the TF-slim channel plan into modules, applying the width multiplier once, here.
+struct Builder<'a, B: Backend> {
+    width: f64,
+    bn_momentum: f64,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Builder<'_, B> {
+    fn channels(&self, c: usize) -> usize {
+        ((c as f64 * self.width).round() as usize).max(1)
+    }
+
+    fn conv(&self, in_channels: usize, spec: Conv) -> ConvBn<B> {
+        ConvBnConfig::new([in_channels, self.channels(spec.out)], spec.kernel)
+            .with_stride(spec.stride)
+            .with_padding(spec.padding)
+            .with_bn_momentum(self.bn_momentum)
+            .init(self.device)
+    }
+
+    /// A branch: each conv reads the previous one's output.
+    fn chain<const N: usize>(&self, in_channels: usize, specs: [Conv; N]) -> Vec<ConvBn<B>> {
+        let mut channels = in_channels;
+        specs
+            .into_iter()
+            .map(|spec| {
+                let conv = self.conv(channels, spec);
+                channels = conv.out_channels();
+                conv
+            })
+            .collect()
+    }
+
+    fn mixed_5b(&self, c: usize) -> Mixed5b<B> {
+        Mixed5b {
+            branch0: self.conv(c, Conv::pointwise(96)),
+            branch1: self.chain(c, [Conv::pointwise(48), Conv::same(64, [5, 5])]),
+            branch2: self.chain(
+                c,
+                [
+                    Conv::pointwise(64),
+                    Conv::same(96, [3, 3]),
+                    Conv::same(96, [3, 3]),
+                ],
+            ),
+            branch3: (avg_pool_3x3_same(), self.conv(c, Conv::pointwise(64))),
+        }
+    }
+
+    fn mixed_6a(&self, c: usize) -> Mixed6a<B> {
+        Mixed6a {
+            branch0: self.conv(c, Conv::reduce(384)),
+            branch1: self.chain(
+                c,
+                [
+                    Conv::pointwise(256),
+                    Conv::same(256, [3, 3]),
+                    Conv::reduce(384),
+                ],
+            ),
+            branch2: max_pool_3x3_s2(),
+        }
+    }
+
+    fn mixed_7a(&self, c: usize) -> Mixed7a<B> {
+        Mixed7a {
+            branch0: self.chain(c, [Conv::pointwise(256), Conv::reduce(384)]),
+            branch1: self.chain(c, [Conv::pointwise(256), Conv::reduce(288)]),
+            branch2: self.chain(
+                c,
+                [
+                    Conv::pointwise(256),
+                    Conv::same(288, [3, 3]),
+                    Conv::reduce(320),
+                ],
+            ),
+            branch3: max_pool_3x3_s2(),
+        }
+    }
+
+    fn block35(&self, c: usize, scale: f64) -> Block35<B> {
+        let branch0 = self.conv(c, Conv::pointwise(32));
+        let branch1 = self.chain(c, [Conv::pointwise(32), Conv::same(32, [3, 3])]);
+        let branch2 = self.chain(
+            c,
+            [
+                Conv::pointwise(32),
+                Conv::same(48, [3, 3]),
+                Conv::same(64, [3, 3]),
+            ],
+        );
+        self.residual(c, branch0, branch1, branch2, scale, true)
+    }
+
+    fn block17(&self, c: usize, scale: f64) -> Block17<B> {
+        let branch0 = self.conv(c, Conv::pointwise(192));
+        let branch1 = self.chain(
+            c,
+            [
+                Conv::pointwise(128),
+                Conv::same(160, [1, 7]),
+                Conv::same(192, [7, 1]),
+            ],
+        );
+        self.residual(c, branch0, branch1, Vec::new(), scale, true)
+    }
+
+    fn block8(&self, c: usize, scale: f64, relu: bool) -> Block8<B> {
+        let branch0 = self.conv(c, Conv::pointwise(192));
+        let branch1 = self.chain(
+            c,
+            [
+                Conv::pointwise(192),
+                Conv::same(224, [1, 3]),
+                Conv::same(256, [3, 1]),
+            ],
+        );
+        self.residual(c, branch0, branch1, Vec::new(), scale, relu)
+    }
+
+    /// Adds the up projection from the concatenated branch widths back to `c`.
+    fn residual(
+        &self,
+        c: usize,
+        branch0: ConvBn<B>,
+        branch1: Vec<ConvBn<B>>,
+        branch2: Vec<ConvBn<B>>,
+        scale: f64,
+        relu: bool,
+    ) -> ResidualBlock<B> {
+        let concat =
+            branch0.out_channels() + chain_out_channels(&branch1) + chain_out_channels(&branch2);
+        ResidualBlock {
+            conv2d: up_projection([concat, c], self.device),
+            branch0,
+            branch1,
+            branch2,
+            scale,
+            relu,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{num_trainable_params, tensor_paths};
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::tensor::Distribution;
+
+    type Ad = Autodiff<Flex>;
+
+    fn images<B: Backend>(batch: usize, size: usize) -> Tensor<B, 4> {
+        Tensor::random(
+            [batch, 3, size, size],
+            Distribution::Uniform(-1.0, 1.0),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn parameter_counts_match_timm() {
+        let device = Default::default();
+        for (classes, expected) in [(1000, 55_843_464), (1001, 55_845_001)] {
+            let model = InceptionResNetV2Config::new(classes).init::<Flex>(&device);
+            assert_eq!(num_trainable_params(&model), expected, "{classes} classes");
+            // burn's own count includes the 2 × 30,272 batch-norm running statistics.
+            assert_eq!(model.num_params(), expected + 2 * 30_272);
+        }
+    }
+
+    #[test]
+    fn module_paths_match_timm() {
+        let model = InceptionResNetV2Config::new(10)
+            .with_width(0.125)
+            .init::<Flex>(&Default::default());
+        let paths: Vec<String> = tensor_paths(&model).into_iter().map(|(p, _)| p).collect();
+        for expected in [
+            "conv2d_1a.conv.weight",
+            "conv2d_4a.bn.running_var",
+            "mixed_5b.branch1.1.conv.weight",
+            "mixed_5b.branch3.1.conv.weight",
+            "repeat.9.branch2.2.bn.gamma",
+            "repeat.9.conv2d.bias",
+            "mixed_6a.branch0.conv.weight",
+            "mixed_6a.branch1.2.bn.beta",
+            "repeat_1.19.branch1.2.conv.weight",
+            "mixed_7a.branch2.2.conv.weight",
+            "repeat_2.8.conv2d.weight",
+            "block8.branch1.2.conv.weight",
+            "conv2d_7b.bn.running_mean",
+            "classif.weight",
+            "classif.bias",
+        ] {
+            assert!(paths.iter().any(|p| p == expected), "missing {expected}");
+        }
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.contains("branch2") && p.starts_with("repeat_1."))
+        );
+    }
+
+    #[test]
+    fn stage_shapes_at_native_resolution() {
+        // Width 0.125 keeps the topology (and spatial sizes) at a fraction of the cost.
+        let config = InceptionResNetV2Config::new(10)
+            .with_width(0.125)
+            .with_blocks([1, 1, 1]);
+        let model = config.init::<Flex>(&Default::default());
+        let shapes = model.forward_features(images(1, 299)).map(|t| t.dims());
+        // 320 = 12 + 8 + 12 + 8; 1088 = 48 + 48 + 40 (input); 2080 = 48 + 36 + 40 + 136 (input).
+        assert_eq!(
+            shapes,
+            [
+                [1, 40, 35, 35],
+                [1, 136, 17, 17],
+                [1, 260, 8, 8],
+                [1, 192, 8, 8]
+            ]
+        );
+    }
+
+    #[test]
+    fn image_size_limit() {
+        let config = InceptionResNetV2Config::new(10);
+        assert_eq!(config.min_image_size(), 75);
+        assert!(config.check_image_size(299).is_ok());
+        assert!(config.check_image_size(75).is_ok());
+        let err = config.check_image_size(74).unwrap_err();
+        assert!(err.contains("minimum is 75"), "{err}");
+    }
+
+    #[test]
+    fn small_network_trains_at_minimum_size() {
+        let config = InceptionResNetV2Config::new(10)
+            .with_width(0.125)
+            .with_blocks([1, 1, 1]);
+        let model = config.init::<Ad>(&Default::default());
+        let [.., features] = model.forward_features(images(2, 75));
+        assert_eq!(features.dims(), [2, 192, 1, 1]);
+        let logits = model.forward(images(2, 75));
+        assert_eq!(logits.dims(), [2, 10]);
+        let grads = logits.square().mean().backward();
+        let stem = model.conv2d_1a.conv.weight.grad(&grads).unwrap();
+        let up = model.repeat[0].conv2d.weight.grad(&grads).unwrap();
+        let classifier = model.classif.weight.grad(&grads).unwrap();
+        for grad in [stem.abs().sum(), up.abs().sum(), classifier.abs().sum()] {
+            let value = grad.into_scalar();
+            assert!(value.is_finite() && value > 0.0, "gradient sum {value}");
+        }
+        // The inference copy (running statistics, no dropout) runs as well.
+        let logits = model.valid().forward(images(2, 75));
+        assert_eq!(logits.dims(), [2, 10]);
+    }
+}

@@ -1,0 +1,94 @@
+//! Data-parallel equivalence: 2 workers × batch B over real ring sockets end with the same
+//! parameters as 1 worker accumulating gradients over 2 micro-batches of B.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use burn::tensor::backend::Backend;
+use incept_common::TrainBackend;
+use incept_common::collective::Ring;
+use incept_common::config::{Experiment, OptimizerKind};
+use incept_common::model::registry::{self, Network};
+use incept_common::train::Replica;
+use incept_common::train::params::flatten_params;
+
+const STEPS: u64 = 5;
+
+fn experiment(world_size: usize, accumulate: usize) -> Experiment {
+    let mut exp = Experiment::default();
+    exp.cluster.world_size = world_size;
+    exp.model.num_classes = 4;
+    exp.model.image_size = 75;
+    exp.model.width = 0.0625;
+    exp.model.blocks = [1, 1, 1];
+    exp.model.dropout = 0.0;
+    exp.model.bn_momentum = 0.1;
+    exp.data.train_samples = 64;
+    exp.data.val_samples = 8;
+    exp.train.batch_size = 4;
+    exp.train.accumulate = accumulate;
+    exp.train.max_steps = Some(STEPS);
+    exp.train.optimizer.kind = OptimizerKind::Rmsprop;
+    exp.train.optimizer.learning_rate = 0.01;
+    exp.validate().expect("test experiment is valid");
+    exp
+}
+
+fn initial_model(exp: &Experiment) -> Network<TrainBackend> {
+    let device = Default::default();
+    TrainBackend::seed(&device, exp.run.seed);
+    registry::build(&exp.model, &device)
+}
+
+/// Trains every rank of `exp` on its own thread over a real ring; returns each rank's
+/// final parameters and step losses.
+fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<f64>)> {
+    let world = exp.cluster.world_size;
+    let listeners: Vec<TcpListener> = (0..world)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let peers: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, listener)| {
+                let peers = peers.clone();
+                let model = model.clone();
+                scope.spawn(move || {
+                    let ring =
+                        Ring::connect(rank, &peers, listener, Duration::from_secs(30)).unwrap();
+                    let mut replica = Replica::new(exp, ring, model, Default::default()).unwrap();
+                    let losses = (0..STEPS).map(|s| replica.step(s).unwrap().loss).collect();
+                    (flatten_params(replica.model()), losses)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn two_workers_equal_one_worker_accumulating_two_micro_batches() {
+    let model = initial_model(&experiment(1, 2));
+    let initial = flatten_params(&model);
+    let distributed = train(&experiment(2, 1), &model);
+    let accumulated = train(&experiment(1, 2), &model);
+    let (params_a, losses_a) = &accumulated[0];
+
+    // The ranks of the distributed run hold identical replicas.
+    assert_eq!(distributed[0].0, distributed[1].0);
+    assert_eq!(distributed[0].1, distributed[1].1);
+    // Training moved the parameters.
+    assert_ne!(&initial, params_a);
+
+    let (params_d, losses_d) = &distributed[0];
+    assert_eq!(params_d.len(), params_a.len());
+    for (i, (d, a)) in params_d.iter().zip(params_a).enumerate() {
+        let tolerance = 1e-5 * d.abs().max(a.abs()).max(1e-3);
+        assert!((d - a).abs() <= tolerance, "parameter {i}: {d} vs {a}");
+    }
+    for (d, a) in losses_d.iter().zip(losses_a) {
+        assert!((d - a).abs() <= 1e-5 * a.abs(), "loss {d} vs {a}");
+    }
+}

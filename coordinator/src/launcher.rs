@@ -1,0 +1,146 @@
+//! The local launcher: spawns a run's worker processes on this machine, watches them, and stops
+//! them with the run.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// Environment variable naming the worker binary explicitly.
+pub const WORKER_BIN_ENV: &str = "INCEPT_WORKER_BIN";
+
+/// How to start a worker process: a program and the arguments that precede the worker's own.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    program: PathBuf,
+    leading_args: Vec<&'static str>,
+}
+
+impl WorkerCommand {
+    /// `$INCEPT_WORKER_BIN`, else the `worker` binary next to this executable, else this
+    /// executable's hidden `worker` subcommand (same code, linked in).
+    pub fn locate() -> anyhow::Result<Self> {
+        if let Some(path) = std::env::var_os(WORKER_BIN_ENV) {
+            let program = PathBuf::from(path);
+            if !program.is_file() {
+                bail!(
+                    "{WORKER_BIN_ENV} names {}, which is not a file",
+                    program.display()
+                );
+            }
+            return Ok(Self {
+                program,
+                leading_args: Vec::new(),
+            });
+        }
+        let this = std::env::current_exe().context("locating the coordinator executable")?;
+        let sibling = this.with_file_name("worker");
+        Ok(if sibling.is_file() {
+            Self {
+                program: sibling,
+                leading_args: Vec::new(),
+            }
+        } else {
+            Self {
+                program: this,
+                leading_args: vec!["worker"],
+            }
+        })
+    }
+}
+
+struct LocalWorker {
+    index: usize,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Worker processes spawned by this coordinator; killed when dropped.
+pub struct LocalWorkers {
+    workers: Vec<LocalWorker>,
+}
+
+impl LocalWorkers {
+    /// Starts `count` workers that join the coordinator at `url`; each logs to `worker-<i>.log`
+    /// in `log_dir` and computes with `threads` CPU threads.
+    pub fn spawn(
+        worker: &WorkerCommand,
+        count: usize,
+        url: &str,
+        token: &str,
+        threads: usize,
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let log = log_dir.join(format!("worker-{index}.log"));
+            let file = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let child = Command::new(&worker.program)
+                .args(&worker.leading_args)
+                .arg("--coordinator")
+                .arg(url)
+                .env("INCEPT_TOKEN", token)
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .stdin(Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!("starting worker {index} ({})", worker.program.display())
+                })?;
+            workers.push(LocalWorker { index, child, log });
+        }
+        Ok(Self { workers })
+    }
+
+    /// Describes the first worker that exited unsuccessfully, with the end of its log.
+    pub fn failure(&mut self) -> Option<String> {
+        self.workers
+            .iter_mut()
+            .find_map(|w| match w.child.try_wait() {
+                Ok(Some(status)) if !status.success() => Some(format!(
+                    "worker {} exited with {status}; last lines of {}:\n{}",
+                    w.index,
+                    w.log.display(),
+                    log_tail(&w.log, 8)
+                )),
+                _ => None,
+            })
+    }
+
+    /// Waits up to `grace` for every worker to exit, then kills the rest.
+    pub async fn stop(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        for w in &mut self.workers {
+            if tokio::time::timeout_at(deadline, w.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(worker = w.index, "did not exit in time; killing it");
+                let _ = w.child.kill().await;
+            }
+        }
+    }
+
+    /// Kills every worker now.
+    pub async fn kill(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.child.kill().await;
+        }
+    }
+}
+
+/// The last `lines` lines of a log file (or why it could not be read).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("(unreadable: {err})"),
+    }
+}

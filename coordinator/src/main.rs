@@ -1,0 +1,124 @@
+//! `coordinator`: the incept control plane. Launches runs, lists them, prints resolved configs.
+
+mod launcher;
+mod progress;
+mod rendezvous;
+mod run;
+mod service;
+mod store;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use incept_common::config;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Distributed training orchestrator for the Inception family"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a run from an experiment file and follow it to the end.
+    Launch {
+        /// Experiment TOML, e.g. experiments/quickstart.toml.
+        experiment: PathBuf,
+        /// Override a key: --set train.batch_size=16 (repeatable; applied after INCEPT__* env vars).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Where runs, checkpoints, logs and the run database live.
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Print an experiment as resolved from file, environment and overrides.
+    Config {
+        experiment: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Act as a worker (what the local launcher runs when no `worker` binary is installed).
+    #[command(hide = true)]
+    Worker(incept_worker::WorkerArgs),
+    /// List the runs of a state directory.
+    Runs {
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Worker(args) = cli.command {
+        return incept_worker::main_with(args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Launch {
+            experiment,
+            overrides,
+            state_dir,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run::launch(&experiment, &overrides, &state_dir)),
+        Command::Config {
+            experiment,
+            overrides,
+        } => {
+            print!("{}", config::load(&experiment, &overrides)?.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { state_dir } => {
+            list_runs(&state_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(_) => unreachable!("handled before logging is set up"),
+    }
+}
+
+fn list_runs(state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let db = state_dir.join(run::DATABASE);
+    if !db.is_file() {
+        anyhow::bail!("no run database at {}", db.display());
+    }
+    let runs = store::Store::open(&db)?.runs()?;
+    println!(
+        "{:<44} {:<12} {:>5} {:>13} {:>8}",
+        "run", "status", "world", "steps", "top-1"
+    );
+    for r in runs {
+        let top1 = r
+            .val_top1
+            .map_or("-".into(), |v| format!("{:.2}%", 100.0 * v));
+        let steps = format!("{}/{}", r.steps_done.unwrap_or(0), r.total_steps);
+        println!(
+            "{:<44} {:<12} {:>5} {:>13} {:>8}",
+            r.id, r.status, r.world_size, steps, top1
+        );
+    }
+    Ok(())
+}

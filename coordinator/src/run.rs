@@ -1,0 +1,360 @@
+//! `coordinator launch`: creates the run, serves the gRPC API, starts (or waits for) workers,
+//! and follows the run to its end, recording everything in the run database.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use incept_common::config::{self, Experiment, Launcher};
+use incept_common::fsutil::write_atomic;
+use incept_common::proto::WorkerResult;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+use crate::launcher::{LocalWorkers, WorkerCommand};
+use crate::progress::{Progress, human};
+use crate::rendezvous::Rendezvous;
+use crate::service::{self, Event, RunContext};
+use crate::store::{RunStatus, Store, Validation};
+
+/// Name of the run database inside the state directory.
+pub const DATABASE: &str = "incept.db";
+
+/// How a run ended.
+#[derive(Debug)]
+enum Outcome {
+    Succeeded(Validation),
+    Failed(String),
+    Interrupted,
+}
+
+/// Loads `experiment`, runs it to completion and returns the process exit code.
+pub async fn launch(
+    experiment: &Path,
+    overrides: &[String],
+    state_dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let exp = config::load(experiment, overrides)?;
+    for path in exp.data.required_paths() {
+        if !path.exists() {
+            bail!(
+                "data path {} does not exist (data.path = {:?} in {})",
+                path.display(),
+                exp.data.path.as_deref().unwrap_or(Path::new("")),
+                experiment.display()
+            );
+        }
+    }
+    let worker_bin = match exp.cluster.launcher {
+        Launcher::Local => Some(WorkerCommand::locate()?),
+        Launcher::External => None,
+    };
+
+    let run_id = new_run_id(&exp.run.name);
+    let run_dir = state_dir.join(&run_id);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let resolved = exp.to_toml();
+    write_atomic(&run_dir.join("config.toml"), resolved.as_bytes(), 0o644)?;
+    let token = new_token();
+    write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
+    let mut store = Store::open(&state_dir.join(DATABASE))?;
+    let total_steps = exp.total_steps();
+    store.create_run(
+        &run_id,
+        &exp.run.name,
+        &resolved,
+        exp.cluster.world_size,
+        total_steps,
+    )?;
+
+    let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
+        .await
+        .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(RunContext {
+        run_id: run_id.clone(),
+        experiment_toml: resolved,
+        world_size: exp.cluster.world_size as u32,
+        total_steps,
+        heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
+        join_timeout: Duration::from_secs(exp.cluster.join_timeout_s),
+        rendezvous: Rendezvous::new(exp.cluster.world_size),
+        events,
+        stopping: AtomicBool::new(false),
+    });
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service::server(ctx.clone(), token.clone()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            ),
+    );
+
+    println!(
+        "run {run_id}: {} × {} ({} steps, global batch {}), coordinator at {url}",
+        exp.cluster.world_size,
+        exp.model.arch,
+        total_steps,
+        exp.global_batch()
+    );
+    println!("state: {}", run_dir.display());
+    let mut workers = match worker_bin {
+        Some(bin) => Some(LocalWorkers::spawn(
+            &bin,
+            exp.cluster.world_size,
+            &url,
+            &token,
+            exp.cluster.threads_per_worker,
+            &run_dir,
+        )?),
+        None => {
+            println!(
+                "waiting for {} workers; start each with:\n  INCEPT_TOKEN={token} worker --coordinator {url}",
+                exp.cluster.world_size
+            );
+            None
+        }
+    };
+
+    let started = Instant::now();
+    let mut monitor = Monitor::new(&exp, &ctx, &mut store, workers.as_mut());
+    let outcome = monitor.follow(events_rx).await;
+    let final_loss = monitor.last_loss;
+    drop(monitor);
+
+    ctx.stopping.store(true, Ordering::Relaxed);
+    if let Some(workers) = workers.as_mut() {
+        match outcome {
+            Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
+            _ => workers.kill().await,
+        }
+    }
+    let _ = shutdown.send(());
+    let _ = server.await;
+    let elapsed = started.elapsed().as_secs_f64();
+    report(
+        &store, &run_id, &run_dir, &exp, outcome, final_loss, elapsed,
+    )
+}
+
+/// Records the outcome, prints the summary, and picks the exit code.
+fn report(
+    store: &Store,
+    run_id: &str,
+    run_dir: &Path,
+    exp: &Experiment,
+    outcome: Outcome,
+    final_loss: f64,
+    elapsed: f64,
+) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Outcome::Succeeded(v) => {
+            store.finish_run(run_id, RunStatus::Succeeded, Some(v), None)?;
+            let images = exp.total_steps() as f64 * exp.global_batch() as f64;
+            println!("run {run_id} succeeded in {}", human(elapsed));
+            println!(
+                "  steps {} ({} workers × batch {} × accumulate {})",
+                exp.total_steps(),
+                exp.cluster.world_size,
+                exp.train.batch_size,
+                exp.train.accumulate
+            );
+            println!("  final training loss {final_loss:.4}");
+            println!(
+                "  validation top-1 {:.2}% ({} images), loss {:.4}",
+                100.0 * v.top1,
+                v.samples,
+                v.loss
+            );
+            println!(
+                "  throughput {:.1} images/s (whole run, all workers)",
+                images / elapsed
+            );
+            println!("  database {}", run_dir.with_file_name(DATABASE).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed(error) => {
+            store.finish_run(run_id, RunStatus::Failed, None, Some(&error))?;
+            store.event(run_id, "error", &error)?;
+            eprintln!("run {run_id} failed: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Interrupted => {
+            store.finish_run(run_id, RunStatus::Interrupted, None, Some("interrupted"))?;
+            eprintln!("run {run_id} interrupted; workers stopped");
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+/// Follows a run's events and the health of its workers.
+struct Monitor<'a> {
+    ctx: &'a RunContext,
+    store: &'a mut Store,
+    workers: Option<&'a mut LocalWorkers>,
+    progress: Progress,
+    heartbeat_timeout: Duration,
+    join_deadline: Instant,
+    last_seen: Vec<Option<Instant>>,
+    results: Vec<Option<WorkerResult>>,
+    last_loss: f64,
+}
+
+impl<'a> Monitor<'a> {
+    fn new(
+        exp: &Experiment,
+        ctx: &'a RunContext,
+        store: &'a mut Store,
+        workers: Option<&'a mut LocalWorkers>,
+    ) -> Self {
+        let world = exp.cluster.world_size;
+        Self {
+            ctx,
+            store,
+            workers,
+            progress: Progress::new(exp.total_steps()),
+            heartbeat_timeout: Duration::from_secs(exp.cluster.heartbeat_timeout_s),
+            join_deadline: Instant::now() + Duration::from_secs(exp.cluster.join_timeout_s),
+            last_seen: vec![None; world],
+            results: vec![None; world],
+            last_loss: f64::NAN,
+        }
+    }
+
+    async fn follow(&mut self, mut events: UnboundedReceiver<Event>) -> Outcome {
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let outcome = loop {
+            let step = tokio::select! {
+                Some(event) = events.recv() => self.on_event(event),
+                _ = ticker.tick() => Ok(self.check_health()),
+                _ = &mut interrupted => Ok(Some(Outcome::Interrupted)),
+            };
+            match step {
+                Ok(Some(outcome)) => break outcome,
+                Ok(None) => {}
+                Err(err) => break Outcome::Failed(format!("recording the run failed: {err:#}")),
+            }
+        };
+        self.progress.finish();
+        outcome
+    }
+
+    fn on_event(&mut self, event: Event) -> anyhow::Result<Option<Outcome>> {
+        let run_id = &self.ctx.run_id;
+        match event {
+            Event::Joined { rank, request } => {
+                self.last_seen[rank as usize] = Some(Instant::now());
+                self.store.record_worker(run_id, rank, &request)?;
+                self.progress.println(&format!(
+                    "rank {rank} joined: {} (pid {}, ring {})",
+                    request.hostname, request.pid, request.ring_addr
+                ));
+            }
+            Event::Heartbeat { rank } => self.last_seen[rank as usize] = Some(Instant::now()),
+            Event::Metrics { rank, steps } => {
+                self.last_seen[rank as usize] = Some(Instant::now());
+                self.store.insert_metrics(run_id, rank, &steps)?;
+                if let Some(last) = steps.iter().filter(|_| rank == 0).max_by_key(|m| m.step) {
+                    self.last_loss = last.loss;
+                    self.progress
+                        .update(last.step, last.loss, last.images_per_sec);
+                }
+            }
+            Event::Finished(result) => {
+                let rank = result.rank as usize;
+                if !result.error.is_empty() {
+                    return Ok(Some(Outcome::Failed(format!(
+                        "rank {rank} failed after {} steps: {}",
+                        result.steps_done, result.error
+                    ))));
+                }
+                self.results[rank] = Some(result);
+                if let Some(first) = self.results.iter().flatten().next()
+                    && self.results.iter().all(Option::is_some)
+                {
+                    return Ok(Some(Outcome::Succeeded(Validation {
+                        top1: first.val_correct as f64 / first.val_samples.max(1) as f64,
+                        samples: first.val_samples,
+                        loss: first.val_loss,
+                    })));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_health(&mut self) -> Option<Outcome> {
+        if let Some(failure) = self.workers.as_mut().and_then(|w| w.failure()) {
+            return Some(Outcome::Failed(failure));
+        }
+        if !self.ctx.rendezvous.is_complete() && Instant::now() > self.join_deadline {
+            return Some(Outcome::Failed(format!(
+                "rendezvous timed out: {} of {} workers joined within {} s (cluster.join_timeout_s)",
+                self.ctx.rendezvous.joined_count(),
+                self.ctx.world_size,
+                self.ctx.join_timeout.as_secs()
+            )));
+        }
+        let silent =
+            self.last_seen
+                .iter()
+                .zip(&self.results)
+                .enumerate()
+                .find(|(_, (seen, result))| {
+                    result.is_none() && seen.is_some_and(|t| t.elapsed() > self.heartbeat_timeout)
+                });
+        silent.map(|(rank, _)| {
+            Outcome::Failed(format!(
+                "rank {rank} sent no heartbeat for {} s (cluster.heartbeat_timeout_s)",
+                self.heartbeat_timeout.as_secs()
+            ))
+        })
+    }
+}
+
+/// `<name>-<UTC time>-<4 hex>`: sortable, readable, unique enough for one state dir.
+fn new_run_id(name: &str) -> String {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let compact: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{safe}-{}-{}-{:04x}",
+        &compact[..8],
+        &compact[8..14],
+        rand::random::<u16>()
+    )
+}
+
+/// A random 128-bit join token, hex-encoded.
+fn new_token() -> String {
+    rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Default state directory.
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("runs")
+}

@@ -1,0 +1,164 @@
+//! The coordinator's gRPC service. Handlers validate each message and forward it to the run
+//! monitor as an [`Event`]; the rendezvous is the only state they touch themselves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use incept_common::proto::coordinator_server::{Coordinator, CoordinatorServer};
+use incept_common::proto::{
+    Ack, Assignment, HeartbeatReply, HeartbeatRequest, JoinRequest, MetricsReport, StepMetrics,
+    TOKEN_METADATA_KEY, WorkerResult,
+};
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use crate::rendezvous::Rendezvous;
+
+/// What workers tell the coordinator, in arrival order.
+#[derive(Debug)]
+pub enum Event {
+    Joined { rank: u32, request: JoinRequest },
+    Heartbeat { rank: u32 },
+    Metrics { rank: u32, steps: Vec<StepMetrics> },
+    Finished(WorkerResult),
+}
+
+/// Everything the handlers of one run need.
+pub struct RunContext {
+    pub run_id: String,
+    pub experiment_toml: String,
+    pub world_size: u32,
+    pub total_steps: u64,
+    pub heartbeat_interval_ms: u32,
+    pub join_timeout: Duration,
+    pub rendezvous: Rendezvous,
+    pub events: UnboundedSender<Event>,
+    /// Set when the run is stopping; heartbeats then tell workers to stop.
+    pub stopping: AtomicBool,
+}
+
+pub struct CoordinatorService {
+    run: Arc<RunContext>,
+}
+
+/// The service with its join-token check, ready to add to a tonic server.
+pub fn server(
+    run: Arc<RunContext>,
+    token: String,
+) -> InterceptedService<CoordinatorServer<CoordinatorService>, TokenCheck> {
+    CoordinatorServer::with_interceptor(CoordinatorService { run }, TokenCheck(token))
+}
+
+/// Rejects every request that does not carry the run's join token.
+#[derive(Clone)]
+pub struct TokenCheck(String);
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let given = request
+            .metadata()
+            .get(TOKEN_METADATA_KEY)
+            .and_then(|v| v.to_str().ok());
+        match given {
+            Some(token) if constant_time_eq(token.as_bytes(), self.0.as_bytes()) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("invalid join token")),
+            None => Err(Status::unauthenticated(format!(
+                "missing join token (metadata `{TOKEN_METADATA_KEY}`)"
+            ))),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl CoordinatorService {
+    fn check_rank(&self, rank: u32) -> Result<(), Status> {
+        if rank < self.run.world_size {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "rank {rank} is out of range for world size {}",
+                self.run.world_size
+            )))
+        }
+    }
+
+    fn emit(&self, event: Event) -> Result<(), Status> {
+        self.run
+            .events
+            .send(event)
+            .map_err(|_| Status::unavailable("the run has ended"))
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<Assignment>, Status> {
+        let request = request.into_inner();
+        if request.ring_addr.parse::<SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "ring_addr {:?} is not a socket address",
+                request.ring_addr
+            )));
+        }
+        let rank = self.run.rendezvous.register(request.ring_addr.clone())?;
+        self.emit(Event::Joined {
+            rank,
+            request: request.clone(),
+        })?;
+        let peers = self.run.rendezvous.wait(self.run.join_timeout).await?;
+        Ok(Response::new(Assignment {
+            run_id: self.run.run_id.clone(),
+            rank,
+            world_size: self.run.world_size,
+            peers: peers.to_vec(),
+            experiment_toml: self.run.experiment_toml.clone(),
+            total_steps: self.run.total_steps,
+            heartbeat_interval_ms: self.run.heartbeat_interval_ms,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let HeartbeatRequest { rank, .. } = request.into_inner();
+        self.check_rank(rank)?;
+        self.emit(Event::Heartbeat { rank })?;
+        Ok(Response::new(HeartbeatReply {
+            stop: self.run.stopping.load(Ordering::Relaxed),
+        }))
+    }
+
+    async fn report_metrics(
+        &self,
+        request: Request<MetricsReport>,
+    ) -> Result<Response<Ack>, Status> {
+        let MetricsReport { rank, steps } = request.into_inner();
+        self.check_rank(rank)?;
+        if let Some(bad) = steps
+            .iter()
+            .find(|m| m.step == 0 || m.step > self.run.total_steps)
+        {
+            return Err(Status::invalid_argument(format!(
+                "step {} is outside 1..={}",
+                bad.step, self.run.total_steps
+            )));
+        }
+        self.emit(Event::Metrics { rank, steps })?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn report_result(&self, request: Request<WorkerResult>) -> Result<Response<Ack>, Status> {
+        let result = request.into_inner();
+        self.check_rank(result.rank)?;
+        self.emit(Event::Finished(result))?;
+        Ok(Response::new(Ack {}))
+    }
+}

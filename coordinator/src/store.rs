@@ -1,0 +1,277 @@
+//! The run database: one SQLite file per state directory holding runs, workers, per-step
+//! metrics and events. The coordinator's monitor is its only writer.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use incept_common::proto::{JoinRequest, StepMetrics};
+use rusqlite::{Connection, params};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    world_size INTEGER NOT NULL,
+    total_steps INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    val_top1 REAL,
+    val_samples INTEGER,
+    val_loss REAL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS workers (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    rank INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    ring_addr TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    joined_at REAL NOT NULL,
+    PRIMARY KEY (run_id, rank)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    rank INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    loss REAL NOT NULL,
+    learning_rate REAL NOT NULL,
+    images_per_sec REAL NOT NULL,
+    data_seconds REAL NOT NULL,
+    compute_seconds REAL NOT NULL,
+    allreduce_seconds REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (run_id, rank, step)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    at REAL NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+";
+
+/// Final state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Validation outcome of a finished run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    pub top1: f64,
+    pub samples: u64,
+    pub loss: f64,
+}
+
+/// A row of `coordinator runs`.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub id: String,
+    pub status: String,
+    pub world_size: i64,
+    pub total_steps: i64,
+    pub steps_done: Option<i64>,
+    pub val_top1: Option<f64>,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the run database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("creating the schema in {}", path.display()))?;
+        Ok(Self { conn })
+    }
+
+    pub fn create_run(
+        &self,
+        id: &str,
+        name: &str,
+        config: &str,
+        world_size: usize,
+        total_steps: u64,
+    ) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO runs (id, name, status, config, world_size, total_steps, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                name,
+                RunStatus::Running.as_str(),
+                config,
+                world_size as i64,
+                total_steps as i64,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_worker(&self, run_id: &str, rank: u32, join: &JoinRequest) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO workers (run_id, rank, worker_id, hostname, ring_addr, pid, joined_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![run_id, rank, join.worker_id, join.hostname, join.ring_addr, join.pid, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Inserts a batch of step metrics in one transaction.
+    pub fn insert_metrics(
+        &mut self,
+        run_id: &str,
+        rank: u32,
+        steps: &[StepMetrics],
+    ) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO metrics (run_id, rank, step, epoch, loss, learning_rate,
+                 images_per_sec, data_seconds, compute_seconds, allreduce_seconds, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            let at = now();
+            for m in steps {
+                insert.execute(params![
+                    run_id,
+                    rank,
+                    m.step as i64,
+                    m.epoch,
+                    m.loss,
+                    m.learning_rate,
+                    m.images_per_sec,
+                    m.data_seconds,
+                    m.compute_seconds,
+                    m.allreduce_seconds,
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn event(&self, run_id: &str, level: &str, message: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO events (run_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
+            params![run_id, now(), level, message],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a run finished with its status, validation result or error.
+    pub fn finish_run(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        validation: Option<Validation>,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET status = ?2, finished_at = ?3, val_top1 = ?4, val_samples = ?5,
+             val_loss = ?6, error = ?7 WHERE id = ?1",
+            params![
+                run_id,
+                status.as_str(),
+                now(),
+                validation.map(|v| v.top1),
+                validation.map(|v| v.samples as i64),
+                validation.map(|v| v.loss),
+                error
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Runs, newest first.
+    pub fn runs(&self) -> anyhow::Result<Vec<RunSummary>> {
+        let mut query = self.conn.prepare(
+            "SELECT r.id, r.status, r.world_size, r.total_steps,
+                    (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id), r.val_top1
+             FROM runs r ORDER BY r.created_at DESC",
+        )?;
+        let rows = query.query_map([], |row| {
+            Ok(RunSummary {
+                id: row.get(0)?,
+                status: row.get(1)?,
+                world_size: row.get(2)?,
+                total_steps: row.get(3)?,
+                steps_done: row.get(4)?,
+                val_top1: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_a_run_with_metrics_and_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("incept.db")).unwrap();
+        store.create_run("r1", "test", "x = 1", 2, 10).unwrap();
+        let metric = |step| StepMetrics {
+            step,
+            loss: 1.0 / step as f64,
+            ..Default::default()
+        };
+        store
+            .insert_metrics("r1", 0, &[metric(1), metric(2)])
+            .unwrap();
+        store.insert_metrics("r1", 1, &[metric(1)]).unwrap();
+        let validation = Validation {
+            top1: 0.75,
+            samples: 100,
+            loss: 0.5,
+        };
+        store
+            .finish_run("r1", RunStatus::Succeeded, Some(validation), None)
+            .unwrap();
+        let runs = store.runs().unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, "succeeded");
+        assert_eq!(runs[0].steps_done, Some(2));
+        assert_eq!(runs[0].val_top1, Some(0.75));
+        // Reopening sees the same data (it is on disk).
+        drop(store);
+        let store = Store::open(&dir.path().join("incept.db")).unwrap();
+        assert_eq!(store.runs().unwrap()[0].status, "succeeded");
+    }
+}

@@ -1,0 +1,372 @@
+//! End-to-end tests: the real `coordinator` binary launching real `worker` processes that train
+//! over real sockets and report over gRPC into a real SQLite file.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
+
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_coordinator");
+
+/// The worker binary cargo built next to the coordinator.
+fn worker_bin() -> PathBuf {
+    let path = Path::new(COORDINATOR).with_file_name("worker");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn workspace_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A tiny experiment: 2 workers, a 1/16-width Inception-ResNet-v2 at 75 px, a few dozen steps.
+const TINY: &str = r#"
+[run]
+name = "tiny"
+seed = 7
+[cluster]
+world_size = 2
+heartbeat_interval_ms = 200
+[model]
+num_classes = 4
+image_size = 75
+width = 0.0625
+blocks = [1, 1, 1]
+dropout = 0.0
+bn_momentum = 0.1
+[data]
+train_samples = 384
+val_samples = 64
+noise = 0.3
+[train]
+batch_size = 8
+epochs = 2
+log_every = 4
+[train.optimizer]
+learning_rate = 0.01
+[train.schedule]
+kind = "constant"
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(experiment: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
+        Self { dir }
+    }
+
+    fn experiment(&self) -> PathBuf {
+        self.dir.path().join("exp.toml")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("runs")
+    }
+
+    fn coordinator(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(COORDINATOR);
+        cmd.args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .env("INCEPT_WORKER_BIN", worker_bin())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.state_dir().join("incept.db")).unwrap()
+    }
+}
+
+/// Runs `cmd` to completion, failing the test if it takes longer than `limit`.
+fn run_with_limit(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("command did not finish within {limit:?}");
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn launch_trains_two_workers_and_records_metrics() {
+    let fx = Fixture::new(TINY);
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(stdout.contains("validation top-1"), "{stdout}");
+
+    let db = fx.db();
+    let (status, total_steps, top1, samples): (String, i64, f64, i64) = db
+        .query_row(
+            "SELECT status, total_steps, val_top1, val_samples FROM runs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "succeeded");
+    assert_eq!(total_steps, 48); // 384 / (2 × 8) × 2 epochs
+    assert_eq!(samples, 64);
+    assert!((0.0..=1.0).contains(&top1));
+    let workers: i64 = db
+        .query_row("SELECT COUNT(*) FROM workers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(workers, 2);
+
+    for rank in 0..2 {
+        let mut query = db
+            .prepare(
+                "SELECT step, loss, compute_seconds FROM metrics WHERE rank = ?1 ORDER BY step",
+            )
+            .unwrap();
+        let rows: Vec<(i64, f64, f64)> = query
+            .query_map([rank], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let steps: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(steps, (1..=48).collect::<Vec<_>>(), "rank {rank} steps");
+        assert!(rows.iter().all(|r| r.2 > 0.0), "compute time recorded");
+        let mean =
+            |rows: &[(i64, f64, f64)]| rows.iter().map(|r| r.1).sum::<f64>() / rows.len() as f64;
+        let (first, last) = (mean(&rows[..8]), mean(&rows[40..]));
+        assert!(
+            last < first * 0.9,
+            "rank {rank}: loss did not fall: {first:.4} -> {last:.4}"
+        );
+    }
+    // Both ranks report the same, globally averaged loss.
+    let differing: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM metrics a JOIN metrics b ON a.step = b.step AND a.rank = 0 AND b.rank = 1
+             WHERE a.loss != b.loss",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(differing, 0);
+}
+
+#[test]
+fn paper_config_without_imagenet_fails_fast_naming_the_path() {
+    let fx = Fixture::new("");
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(workspace_file("experiments/irv2_scale0.2.toml"));
+    let started = Instant::now();
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/data/imagenet/train") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_key_or_value() {
+    let cases: [(&str, &[&str]); 4] = [
+        ("[model]\nwidth = \n", &["exp.toml", "line 2"]),
+        (
+            "[train]\nbatchsize = 8\n",
+            &["train.batchsize", "unknown field"],
+        ),
+        (
+            "[cluster]\nworld_size = 0\n",
+            &["cluster.world_size = 0", "at least 1"],
+        ),
+        (
+            "[model]\nresidual_scale = -1.0\n",
+            &["model.residual_scale = -1"],
+        ),
+    ];
+    for (body, needles) in cases {
+        let fx = Fixture::new(body);
+        let mut cmd = fx.coordinator(&["launch"]);
+        cmd.arg(fx.experiment());
+        let out = run_with_limit(cmd, Duration::from_secs(30));
+        assert!(!out.status.success());
+        let stderr = text(&out.stderr);
+        for needle in needles {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+        // Nothing was created for a run that never started.
+        assert!(!fx.state_dir().exists());
+    }
+    let fx = Fixture::new("");
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.dir.path().join("missing.toml"));
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(text(&out.stderr).contains("missing.toml does not exist"));
+}
+
+#[test]
+fn environment_and_set_overrides_apply_in_order() {
+    let fx = Fixture::new("[train]\nbatch_size = 4\naccumulate = 2\n");
+    let mut cmd = Command::new(COORDINATOR);
+    cmd.arg("config")
+        .arg(fx.experiment())
+        .args(["--set", "train.accumulate=3"])
+        .env("INCEPT__TRAIN__BATCH_SIZE", "16")
+        .env("INCEPT__TRAIN__ACCUMULATE", "5");
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("batch_size = 16"), "{stdout}");
+    assert!(stdout.contains("accumulate = 3"), "{stdout}");
+}
+
+/// A running `coordinator launch` whose stdout and stderr lines arrive on one channel.
+struct Launched {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Launched {
+    fn spawn(fx: &Fixture) -> Self {
+        let mut cmd = fx.coordinator(&["launch"]);
+        cmd.arg(fx.experiment())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        forward_lines(stdout, tx.clone());
+        forward_lines(stderr, tx);
+        Self { child, lines }
+    }
+
+    /// Waits up to a minute for an output line containing `needle`; returns it.
+    fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(err) => panic!("no line containing {needle:?}: {err}"),
+            }
+        }
+    }
+}
+
+fn forward_lines(stream: impl std::io::Read + Send + 'static, tx: Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+}
+
+fn interrupt_and_wait(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("coordinator did not exit within {limit:?} of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn wrong_join_token_is_rejected() {
+    let fx = Fixture::new(
+        &format!("{TINY}\n[cluster]\nlauncher = \"external\"\nworld_size = 1\n").replace(
+            "[cluster]\nworld_size = 2\nheartbeat_interval_ms = 200\n",
+            "",
+        ),
+    );
+    let launched = Launched::spawn(&fx);
+    let line = launched.wait_for_line("coordinator at ");
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+
+    let mut worker = Command::new(worker_bin());
+    worker.args([
+        "--coordinator",
+        &url,
+        "--token",
+        "not-the-token",
+        "--connect-attempts",
+        "2",
+    ]);
+    let out = run_with_limit(worker, Duration::from_secs(30));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("rejected the join token"), "{stderr}");
+
+    let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    let run_status: String = fx
+        .db()
+        .query_row("SELECT status FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(run_status, "interrupted");
+}
+
+#[test]
+fn interrupt_stops_local_workers() {
+    let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
+    let launched = Launched::spawn(&fx);
+    launched.wait_for_line("rank 0 joined");
+    launched.wait_for_line("rank 1 joined");
+    let pids: Vec<i64> = {
+        let db = fx.db();
+        let mut query = db.prepare("SELECT pid FROM workers").unwrap();
+        query
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(pids.len(), 2);
+
+    let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    for pid in pids {
+        let alive = Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        assert!(
+            !alive,
+            "worker {pid} still running after the coordinator stopped"
+        );
+    }
+}

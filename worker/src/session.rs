@@ -1,0 +1,213 @@
+//! The worker's side of the coordinator protocol: connect with bounded retries, join,
+//! heartbeat, stream metrics, report the result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use incept_common::proto::coordinator_client::CoordinatorClient;
+use incept_common::proto::{
+    Assignment, HeartbeatRequest, JoinRequest, MetricsReport, StepMetrics, TOKEN_METADATA_KEY,
+    WorkerResult,
+};
+use tokio::sync::mpsc;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::training::{self, Progress};
+
+type Client = CoordinatorClient<InterceptedService<Channel, TokenInterceptor>>;
+
+/// Adds the join token to every request.
+#[derive(Clone)]
+pub struct TokenInterceptor(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for TokenInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(TOKEN_METADATA_KEY, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A connection to the coordinator of one run.
+pub struct Session {
+    client: Client,
+    url: String,
+}
+
+impl Session {
+    /// Connects, retrying with exponential backoff (0.25 s doubling to 4 s) `attempts` times.
+    pub async fn connect(url: &str, token: &str, attempts: u32) -> anyhow::Result<Self> {
+        let token = MetadataValue::try_from(token).context("the join token is not valid ASCII")?;
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("invalid coordinator address {url:?}"))?
+            .connect_timeout(Duration::from_secs(5));
+        let mut delay = Duration::from_millis(250);
+        let mut last_error = String::new();
+        for attempt in 1..=attempts.max(1) {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    return Ok(Self {
+                        client: CoordinatorClient::with_interceptor(
+                            channel,
+                            TokenInterceptor(token),
+                        ),
+                        url: url.to_string(),
+                    });
+                }
+                Err(err) => {
+                    last_error = format!("{err}: {}", source_chain(&err));
+                    tracing::warn!(attempt, %url, error = %last_error, "coordinator unreachable");
+                }
+            }
+            if attempt < attempts {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+            }
+        }
+        bail!("could not reach the coordinator at {url} after {attempts} attempts: {last_error}")
+    }
+
+    /// Joins the run; returns once every rank has joined.
+    pub async fn join(&mut self, ring_addr: std::net::SocketAddr) -> anyhow::Result<Assignment> {
+        let request = JoinRequest {
+            worker_id: format!("{}-{}", hostname(), std::process::id()),
+            hostname: hostname(),
+            ring_addr: ring_addr.to_string(),
+            pid: std::process::id(),
+        };
+        match self.client.join(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) if status.code() == Code::Unauthenticated => bail!(
+                "the coordinator at {} rejected the join token: {}",
+                self.url,
+                status.message()
+            ),
+            Err(status) => bail!(
+                "joining the run at {} failed: {}",
+                self.url,
+                status.message()
+            ),
+        }
+    }
+
+    /// Trains on a blocking thread while heartbeats and metrics flow to the coordinator; reports
+    /// the outcome either way.
+    pub async fn train(
+        mut self,
+        assignment: Assignment,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<()> {
+        let rank = assignment.rank;
+        let progress = Arc::new(Progress {
+            step: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let (metrics_tx, metrics_rx) = mpsc::unbounded_channel();
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.client.clone(),
+            rank,
+            Duration::from_millis(u64::from(assignment.heartbeat_interval_ms.max(10))),
+            progress.clone(),
+        ));
+        let metrics = tokio::spawn(metrics_loop(self.client.clone(), rank, metrics_rx));
+        let thread_progress = progress.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            training::run(&assignment, listener, &metrics_tx, &thread_progress)
+        })
+        .await
+        .context("training thread panicked")?;
+        heartbeat.abort();
+        // The metrics sender was moved into the training closure and is dropped: drain.
+        metrics.await.context("metrics task panicked")?;
+
+        let result = match &outcome {
+            Ok(eval) => WorkerResult {
+                rank,
+                error: String::new(),
+                val_correct: eval.correct,
+                val_samples: eval.samples,
+                val_loss: eval.loss,
+                steps_done: progress.step.load(Ordering::Relaxed),
+            },
+            Err(err) => WorkerResult {
+                rank,
+                error: format!("{err:#}"),
+                steps_done: progress.step.load(Ordering::Relaxed),
+                ..Default::default()
+            },
+        };
+        if let Err(status) = self.client.report_result(result).await {
+            tracing::warn!(error = %status.message(), "could not report the result");
+        }
+        outcome.map(|eval| {
+            tracing::info!(top1 = eval.top1(), samples = eval.samples, "validation");
+        })
+    }
+}
+
+async fn heartbeat_loop(mut client: Client, rank: u32, every: Duration, progress: Arc<Progress>) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let step = progress.step.load(Ordering::Relaxed);
+        match client.heartbeat(HeartbeatRequest { rank, step }).await {
+            Ok(reply) if reply.get_ref().stop => {
+                tracing::warn!("the coordinator stopped the run");
+                progress.stop.store(true, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
+        }
+    }
+}
+
+/// Sends step metrics in batches, every half second, and drains when training ends.
+async fn metrics_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedReceiver<StepMetrics>) {
+    let mut pending = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(m) => pending.push(m),
+                None => {
+                    flush_metrics(&mut client, rank, &mut pending).await;
+                    return;
+                }
+            },
+            _ = ticker.tick() => flush_metrics(&mut client, rank, &mut pending).await,
+        }
+    }
+}
+
+async fn flush_metrics(client: &mut Client, rank: u32, pending: &mut Vec<StepMetrics>) {
+    if pending.is_empty() {
+        return;
+    }
+    let steps = std::mem::take(pending);
+    if let Err(status) = client.report_metrics(MetricsReport { rank, steps }).await {
+        tracing::warn!(error = %status.message(), "could not send metrics");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = err.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
