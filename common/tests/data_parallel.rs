@@ -8,9 +8,9 @@ use burn::tensor::backend::Backend;
 use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::{Experiment, OptimizerKind};
+use incept_common::model::params::flatten_params;
 use incept_common::model::registry::{self, Network};
 use incept_common::train::Replica;
-use incept_common::train::params::flatten_params;
 
 const STEPS: u64 = 5;
 
@@ -60,7 +60,7 @@ fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<
                         Ring::connect(rank, &peers, listener, Duration::from_secs(30)).unwrap();
                     let mut replica = Replica::new(exp, ring, model, Default::default()).unwrap();
                     let losses = (0..STEPS).map(|s| replica.step(s).unwrap().loss).collect();
-                    (flatten_params(replica.model()), losses)
+                    (replica.params().to_vec(), losses)
                 })
             })
             .collect();
@@ -71,6 +71,8 @@ fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<
 #[test]
 fn two_workers_equal_one_worker_accumulating_two_micro_batches() {
     let model = initial_model(&experiment(1, 2));
+    // Reading the parameters materialises burn's lazy initialisation, so the clones handed to
+    // each run share these values.
     let initial = flatten_params(&model);
     let distributed = train(&experiment(2, 1), &model);
     let accumulated = train(&experiment(1, 2), &model);

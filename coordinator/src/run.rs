@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use incept_common::config::{self, Experiment, Launcher};
 use incept_common::fsutil::write_atomic;
-use incept_common::proto::WorkerResult;
+use incept_common::proto::{EvaluationReport, WorkerResult};
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use crate::launcher::{LocalWorkers, WorkerCommand};
 use crate::progress::{Progress, human};
 use crate::rendezvous::Rendezvous;
 use crate::service::{self, Event, RunContext};
-use crate::store::{RunStatus, Store, Validation};
+use crate::store::{RunStatus, Store, rates};
 
 /// Name of the run database inside the state directory.
 pub const DATABASE: &str = "incept.db";
@@ -26,7 +26,7 @@ pub const DATABASE: &str = "incept.db";
 /// How a run ended.
 #[derive(Debug)]
 enum Outcome {
-    Succeeded(Validation),
+    Succeeded(EvaluationReport),
     Failed(String),
     Interrupted,
 }
@@ -158,8 +158,9 @@ fn report(
     elapsed: f64,
 ) -> anyhow::Result<ExitCode> {
     match outcome {
-        Outcome::Succeeded(v) => {
-            store.finish_run(run_id, RunStatus::Succeeded, Some(v), None)?;
+        Outcome::Succeeded(eval) => {
+            store.finish_run(run_id, RunStatus::Succeeded, Some(&eval), None)?;
+            let [top1, top5] = rates(&eval);
             let images = exp.total_steps() as f64 * exp.global_batch() as f64;
             println!("run {run_id} succeeded in {}", human(elapsed));
             println!(
@@ -171,10 +172,11 @@ fn report(
             );
             println!("  final training loss {final_loss:.4}");
             println!(
-                "  validation top-1 {:.2}% ({} images), loss {:.4}",
-                100.0 * v.top1,
-                v.samples,
-                v.loss
+                "  validation top-1 {:.2}%, top-5 {:.2}% ({} images), loss {:.4}",
+                100.0 * top1,
+                100.0 * top5,
+                eval.samples,
+                eval.loss
             );
             println!(
                 "  throughput {:.1} images/s (whole run, all workers)",
@@ -272,6 +274,17 @@ impl<'a> Monitor<'a> {
                         .update(last.step, last.loss, last.images_per_sec);
                 }
             }
+            Event::Evaluation(eval) => {
+                self.store.record_evaluation(run_id, &eval)?;
+                let [top1, top5] = rates(&eval);
+                self.progress.println(&format!(
+                    "evaluation at step {}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+                    eval.step,
+                    100.0 * top1,
+                    100.0 * top5,
+                    eval.loss
+                ));
+            }
             Event::Finished(result) => {
                 let rank = result.rank as usize;
                 if !result.error.is_empty() {
@@ -281,14 +294,10 @@ impl<'a> Monitor<'a> {
                     ))));
                 }
                 self.results[rank] = Some(result);
-                if let Some(first) = self.results.iter().flatten().next()
-                    && self.results.iter().all(Option::is_some)
-                {
-                    return Ok(Some(Outcome::Succeeded(Validation {
-                        top1: first.val_correct as f64 / first.val_samples.max(1) as f64,
-                        samples: first.val_samples,
-                        loss: first.val_loss,
-                    })));
+                if self.results.iter().all(Option::is_some) {
+                    // Every rank all-reduced the same totals; rank 0's stand for the run.
+                    let final_eval = self.results[0].as_ref().and_then(|r| r.evaluation);
+                    return Ok(final_eval.map(Outcome::Succeeded));
                 }
             }
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use incept_common::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use incept_common::proto::{
-    Ack, Assignment, HeartbeatReply, HeartbeatRequest, JoinRequest, MetricsReport, StepMetrics,
-    TOKEN_METADATA_KEY, WorkerResult,
+    Ack, Assignment, EvaluationReport, HeartbeatReply, HeartbeatRequest, JoinRequest,
+    MetricsReport, StepMetrics, TOKEN_METADATA_KEY, WorkerResult,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::service::Interceptor;
@@ -24,6 +24,7 @@ pub enum Event {
     Joined { rank: u32, request: JoinRequest },
     Heartbeat { rank: u32 },
     Metrics { rank: u32, steps: Vec<StepMetrics> },
+    Evaluation(EvaluationReport),
     Finished(WorkerResult),
 }
 
@@ -71,6 +72,17 @@ impl Interceptor for TokenCheck {
             ))),
         }
     }
+}
+
+/// Rejects evaluations whose counts cannot be right.
+fn check_evaluation(eval: &EvaluationReport) -> Result<(), Status> {
+    if eval.top1_correct > eval.top5_correct || eval.top5_correct > eval.samples {
+        return Err(Status::invalid_argument(format!(
+            "inconsistent evaluation: top-1 {} ≤ top-5 {} ≤ samples {} does not hold",
+            eval.top1_correct, eval.top5_correct, eval.samples
+        )));
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -155,9 +167,29 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Ack {}))
     }
 
+    async fn report_evaluation(
+        &self,
+        request: Request<EvaluationReport>,
+    ) -> Result<Response<Ack>, Status> {
+        let report = request.into_inner();
+        self.check_rank(report.rank)?;
+        check_evaluation(&report)?;
+        self.emit(Event::Evaluation(report))?;
+        Ok(Response::new(Ack {}))
+    }
+
     async fn report_result(&self, request: Request<WorkerResult>) -> Result<Response<Ack>, Status> {
         let result = request.into_inner();
         self.check_rank(result.rank)?;
+        match &result.evaluation {
+            Some(eval) => check_evaluation(eval)?,
+            None if result.error.is_empty() => {
+                return Err(Status::invalid_argument(
+                    "a successful result must carry its evaluation",
+                ));
+            }
+            None => {}
+        }
         self.emit(Event::Finished(result))?;
         Ok(Response::new(Ack {}))
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use incept_common::proto::{JoinRequest, StepMetrics};
+use incept_common::proto::{EvaluationReport, JoinRequest, StepMetrics};
 use rusqlite::{Connection, params};
 
 const SCHEMA: &str = "
@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,
     finished_at REAL,
     val_top1 REAL,
+    val_top5 REAL,
     val_samples INTEGER,
     val_loss REAL,
     error TEXT
@@ -44,8 +45,20 @@ CREATE TABLE IF NOT EXISTS metrics (
     data_seconds REAL NOT NULL,
     compute_seconds REAL NOT NULL,
     allreduce_seconds REAL NOT NULL,
+    grad_norm REAL NOT NULL,
+    skipped INTEGER NOT NULL,
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, rank, step)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    top1 REAL NOT NULL,
+    top5 REAL NOT NULL,
+    loss REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -73,14 +86,6 @@ impl RunStatus {
             RunStatus::Interrupted => "interrupted",
         }
     }
-}
-
-/// Validation outcome of a finished run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Validation {
-    pub top1: f64,
-    pub samples: u64,
-    pub loss: f64,
 }
 
 /// A row of `coordinator runs`.
@@ -154,8 +159,9 @@ impl Store {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO metrics (run_id, rank, step, epoch, loss, learning_rate,
-                 images_per_sec, data_seconds, compute_seconds, allreduce_seconds, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 images_per_sec, data_seconds, compute_seconds, allreduce_seconds, grad_norm,
+                 skipped, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             let at = now();
             for m in steps {
@@ -170,6 +176,8 @@ impl Store {
                     m.data_seconds,
                     m.compute_seconds,
                     m.allreduce_seconds,
+                    m.grad_norm,
+                    m.skipped,
                     at
                 ])?;
             }
@@ -186,24 +194,40 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a run finished with its status, validation result or error.
+    /// Records a distributed evaluation made after `eval.step` steps.
+    pub fn record_evaluation(&self, run_id: &str, eval: &EvaluationReport) -> anyhow::Result<()> {
+        let [top1, top5] = rates(eval);
+        self.conn.execute(
+            "INSERT OR REPLACE INTO evaluations (run_id, step, top1, top5, loss, samples, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![run_id, eval.step as i64, top1, top5, eval.loss, eval.samples as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a run finished with its status, final evaluation or error.
     pub fn finish_run(
         &self,
         run_id: &str,
         status: RunStatus,
-        validation: Option<Validation>,
+        evaluation: Option<&EvaluationReport>,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
+        if let Some(eval) = evaluation {
+            self.record_evaluation(run_id, eval)?;
+        }
+        let rates = evaluation.map(rates);
         self.conn.execute(
-            "UPDATE runs SET status = ?2, finished_at = ?3, val_top1 = ?4, val_samples = ?5,
-             val_loss = ?6, error = ?7 WHERE id = ?1",
+            "UPDATE runs SET status = ?2, finished_at = ?3, val_top1 = ?4, val_top5 = ?5,
+             val_samples = ?6, val_loss = ?7, error = ?8 WHERE id = ?1",
             params![
                 run_id,
                 status.as_str(),
                 now(),
-                validation.map(|v| v.top1),
-                validation.map(|v| v.samples as i64),
-                validation.map(|v| v.loss),
+                rates.map(|r| r[0]),
+                rates.map(|r| r[1]),
+                evaluation.map(|e| e.samples as i64),
+                evaluation.map(|e| e.loss),
                 error
             ],
         )?;
@@ -231,6 +255,15 @@ impl Store {
     }
 }
 
+/// Top-1 and top-5 accuracy of an evaluation.
+pub fn rates(eval: &EvaluationReport) -> [f64; 2] {
+    let samples = eval.samples.max(1) as f64;
+    [
+        eval.top1_correct as f64 / samples,
+        eval.top5_correct as f64 / samples,
+    ]
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -256,13 +289,16 @@ mod tests {
             .insert_metrics("r1", 0, &[metric(1), metric(2)])
             .unwrap();
         store.insert_metrics("r1", 1, &[metric(1)]).unwrap();
-        let validation = Validation {
-            top1: 0.75,
+        let evaluation = EvaluationReport {
+            step: 2,
+            top1_correct: 75,
+            top5_correct: 90,
             samples: 100,
             loss: 0.5,
+            ..Default::default()
         };
         store
-            .finish_run("r1", RunStatus::Succeeded, Some(validation), None)
+            .finish_run("r1", RunStatus::Succeeded, Some(&evaluation), None)
             .unwrap();
         let runs = store.runs().unwrap();
         assert_eq!(runs.len(), 1);

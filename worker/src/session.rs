@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::training::{self, Progress};
+use crate::training::{self, Progress, Report, evaluation_report};
 
 type Client = CoordinatorClient<InterceptedService<Channel, TokenInterceptor>>;
 
@@ -109,45 +109,49 @@ impl Session {
             step: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let (metrics_tx, metrics_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.client.clone(),
             rank,
             Duration::from_millis(u64::from(assignment.heartbeat_interval_ms.max(10))),
             progress.clone(),
         ));
-        let metrics = tokio::spawn(metrics_loop(self.client.clone(), rank, metrics_rx));
+        let reporting = tokio::spawn(report_loop(self.client.clone(), rank, reports_rx));
         let thread_progress = progress.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            training::run(&assignment, listener, &metrics_tx, &thread_progress)
+            training::run(&assignment, listener, &reports_tx, &thread_progress)
         })
         .await
         .context("training thread panicked")?;
         heartbeat.abort();
-        // The metrics sender was moved into the training closure and is dropped: drain.
-        metrics.await.context("metrics task panicked")?;
+        // The report sender was moved into the training closure and is dropped: drain.
+        reporting.await.context("reporting task panicked")?;
 
+        let steps_done = progress.step.load(Ordering::Relaxed);
         let result = match &outcome {
             Ok(eval) => WorkerResult {
                 rank,
                 error: String::new(),
-                val_correct: eval.correct,
-                val_samples: eval.samples,
-                val_loss: eval.loss,
-                steps_done: progress.step.load(Ordering::Relaxed),
+                steps_done,
+                evaluation: Some(evaluation_report(eval, rank, steps_done)),
             },
             Err(err) => WorkerResult {
                 rank,
                 error: format!("{err:#}"),
-                steps_done: progress.step.load(Ordering::Relaxed),
-                ..Default::default()
+                steps_done,
+                evaluation: None,
             },
         };
         if let Err(status) = self.client.report_result(result).await {
             tracing::warn!(error = %status.message(), "could not report the result");
         }
         outcome.map(|eval| {
-            tracing::info!(top1 = eval.top1(), samples = eval.samples, "validation");
+            tracing::info!(
+                top1 = eval.top1(),
+                top5 = eval.top5(),
+                samples = eval.samples,
+                "validation"
+            );
         })
     }
 }
@@ -168,14 +172,21 @@ async fn heartbeat_loop(mut client: Client, rank: u32, every: Duration, progress
     }
 }
 
-/// Sends step metrics in batches, every half second, and drains when training ends.
-async fn metrics_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedReceiver<StepMetrics>) {
+/// Sends step metrics in batches, every half second, evaluations as they come, and drains
+/// when training ends.
+async fn report_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedReceiver<Report>) {
     let mut pending = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             item = rx.recv() => match item {
-                Some(m) => pending.push(m),
+                Some(Report::Step(m)) => pending.push(m),
+                Some(Report::Evaluation(eval)) => {
+                    flush_metrics(&mut client, rank, &mut pending).await;
+                    if let Err(status) = client.report_evaluation(eval).await {
+                        tracing::warn!(error = %status.message(), "could not send an evaluation");
+                    }
+                }
                 None => {
                     flush_metrics(&mut client, rank, &mut pending).await;
                     return;

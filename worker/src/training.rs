@@ -10,10 +10,16 @@ use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
 use incept_common::model::registry;
-use incept_common::proto::{Assignment, StepMetrics};
-use incept_common::train::replica::Evaluation;
-use incept_common::train::{Replica, StepStats};
+use incept_common::proto::{Assignment, EvaluationReport, StepMetrics};
+use incept_common::train::{Evaluation, Replica, StepStats};
 use tokio::sync::mpsc::UnboundedSender;
+
+/// What the training thread hands to the reporting task.
+#[derive(Debug)]
+pub enum Report {
+    Step(StepMetrics),
+    Evaluation(EvaluationReport),
+}
 
 /// Shared between the training thread and the heartbeat task.
 pub struct Progress {
@@ -27,7 +33,7 @@ pub struct Progress {
 pub fn run(
     assignment: &Assignment,
     listener: TcpListener,
-    metrics: &UnboundedSender<StepMetrics>,
+    reports: &UnboundedSender<Report>,
     progress: &Progress,
 ) -> anyhow::Result<Evaluation> {
     let exp = Experiment::from_toml(&assignment.experiment_toml)
@@ -73,10 +79,35 @@ pub fn run(
             );
         }
         // The coordinator going away only loses metrics; training continues.
-        let _ = metrics.send(to_metrics(&stats));
+        let _ = reports.send(Report::Step(to_metrics(&stats)));
         progress.step.store(step + 1, Ordering::Relaxed);
+        let done = step + 1;
+        if exp.train.eval_every > 0 && done % exp.train.eval_every == 0 && done < total {
+            let eval = replica.evaluate()?;
+            tracing::info!(
+                step = done,
+                top1 = eval.top1(),
+                top5 = eval.top5(),
+                "evaluation"
+            );
+            if rank == 0 {
+                let _ = reports.send(Report::Evaluation(evaluation_report(&eval, 0, done)));
+            }
+        }
     }
     replica.evaluate()
+}
+
+/// The wire form of an evaluation made by `rank` after `step` steps.
+pub fn evaluation_report(eval: &Evaluation, rank: u32, step: u64) -> EvaluationReport {
+    EvaluationReport {
+        rank,
+        step,
+        top1_correct: eval.top1_correct,
+        top5_correct: eval.top5_correct,
+        samples: eval.samples,
+        loss: eval.loss,
+    }
 }
 
 fn to_metrics(stats: &StepStats) -> StepMetrics {
@@ -90,5 +121,7 @@ fn to_metrics(stats: &StepStats) -> StepMetrics {
         data_seconds: stats.data.as_secs_f64(),
         compute_seconds: stats.compute.as_secs_f64(),
         allreduce_seconds: stats.allreduce.as_secs_f64(),
+        grad_norm: stats.grad_norm,
+        skipped: stats.skipped,
     }
 }

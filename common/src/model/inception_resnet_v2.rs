@@ -556,7 +556,7 @@ impl<B: Backend> Builder<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{num_trainable_params, tensor_paths};
+    use crate::model::params::{tensor_paths, trainable_len};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::Distribution;
@@ -576,7 +576,7 @@ mod tests {
         let device = Default::default();
         for (classes, expected) in [(1000, 55_843_464), (1001, 55_845_001)] {
             let model = InceptionResNetV2Config::new(classes).init::<Flex>(&device);
-            assert_eq!(num_trainable_params(&model), expected, "{classes} classes");
+            assert_eq!(trainable_len(&model), expected, "{classes} classes");
             // burn's own count includes the 2 × 30,272 batch-norm running statistics.
             assert_eq!(model.num_params(), expected + 2 * 30_272);
         }

@@ -1,11 +1,12 @@
-//! Data-parallel training: optimizers, learning-rate schedules, the flat parameter and gradient
-//! views that collectives work on, and the replica step that ties them together.
+//! Data-parallel training: optimizers, learning-rate schedules, gradient clipping, the weight
+//! average, and the replica step that ties them together.
 
+pub mod clip;
+pub mod ema;
 pub mod optim;
-pub mod params;
 pub mod replica;
 pub mod schedule;
 
 pub use optim::Optimizer;
-pub use replica::{Replica, StepStats};
+pub use replica::{Evaluation, Replica, StepStats};
 pub use schedule::LrSchedule;

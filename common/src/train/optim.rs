@@ -1,15 +1,12 @@
-//! Optimizers with the semantics of the Inception papers' TensorFlow code.
+//! Optimizers over the flat trainable-parameter vector, with the semantics of the Inception
+//! papers' TensorFlow code.
 //!
 //! burn's RMSProp differs from TensorFlow's (ε outside the root, accumulator starting at 0,
-//! learning rate outside the momentum buffer), so both update rules are written here as one
-//! burn `SimpleOptimizer`, which also keeps their state in burn records for checkpoints.
+//! learning rate outside the momentum buffer), so the update rules are written here. They work
+//! on the same flat vector the ring all-reduces: every replica applies bit-identical updates,
+//! and the whole optimizer state is two plain vectors.
 
-use burn::module::AutodiffModule;
-use burn::optim::SimpleOptimizer;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::prelude::*;
-use burn::record::Record;
-use burn::tensor::backend::AutodiffBackend;
+use std::ops::Range;
 
 use crate::config::{OptimizerKind, OptimizerSection};
 
@@ -18,123 +15,111 @@ use crate::config::{OptimizerKind, OptimizerSection};
 pub enum UpdateRule {
     /// TF RMSProp: `ms ← ρ·ms + (1−ρ)·g²` (ms starts at 1), `mom ← μ·mom + lr·g/√(ms+ε)`, `p ← p − mom`.
     RmsPropTf {
-        decay: f64,
-        momentum: f64,
-        epsilon: f64,
+        decay: f32,
+        momentum: f32,
+        epsilon: f32,
     },
     /// SGD with momentum, dampening 0: `mom ← μ·mom + g`, `p ← p − lr·mom`.
-    Sgd { momentum: f64 },
+    Sgd { momentum: f32 },
 }
 
 impl From<&OptimizerSection> for UpdateRule {
     fn from(o: &OptimizerSection) -> Self {
         match o.kind {
             OptimizerKind::Rmsprop => UpdateRule::RmsPropTf {
-                decay: o.decay,
-                momentum: o.momentum,
-                epsilon: o.epsilon,
+                decay: o.decay as f32,
+                momentum: o.momentum as f32,
+                epsilon: o.epsilon as f32,
             },
             OptimizerKind::Sgd => UpdateRule::Sgd {
-                momentum: o.momentum,
+                momentum: o.momentum as f32,
             },
         }
     }
 }
 
-/// Per-parameter optimizer state.
-#[derive(Record, Clone)]
-pub struct UpdateState<B: Backend, const D: usize> {
-    /// RMSProp mean-square accumulator (absent for SGD).
-    pub mean_square: Option<Tensor<B, D>>,
-    pub momentum: Tensor<B, D>,
+/// An optimizer with its state, for one flat parameter vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Optimizer {
+    rule: UpdateRule,
+    weight_decay: f32,
+    /// Ranges of the flat vector weight decay applies to (convolution and FC weights).
+    decayed: Vec<Range<usize>>,
+    /// RMSProp mean-square accumulator (empty for SGD).
+    mean_square: Vec<f32>,
+    velocity: Vec<f32>,
 }
 
-impl<B: Backend> SimpleOptimizer<B> for UpdateRule {
-    type State<const D: usize> = UpdateState<B, D>;
+impl Optimizer {
+    pub fn new(
+        rule: UpdateRule,
+        weight_decay: f64,
+        decayed: Vec<Range<usize>>,
+        len: usize,
+    ) -> Self {
+        let mean_square = match rule {
+            UpdateRule::RmsPropTf { .. } => vec![1.0; len],
+            UpdateRule::Sgd { .. } => Vec::new(),
+        };
+        Self {
+            rule,
+            weight_decay: weight_decay as f32,
+            decayed,
+            mean_square,
+            velocity: vec![0.0; len],
+        }
+    }
 
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        param: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let (update, state) = match *self {
+    /// Adds the gradient of the L2 penalty `wd/2·‖w‖²` (TF-slim's `l2_regularizer`) on the
+    /// decayed ranges.
+    pub fn add_weight_decay(&self, params: &[f32], grads: &mut [f32]) {
+        if self.weight_decay == 0.0 {
+            return;
+        }
+        for range in &self.decayed {
+            for (g, p) in grads[range.clone()].iter_mut().zip(&params[range.clone()]) {
+                *g += self.weight_decay * p;
+            }
+        }
+    }
+
+    /// Applies one update with learning rate `lr`.
+    pub fn step(&mut self, lr: f64, params: &mut [f32], grads: &[f32]) {
+        let lr = lr as f32;
+        match self.rule {
             UpdateRule::RmsPropTf {
                 decay,
                 momentum,
                 epsilon,
             } => {
-                let (mean_square, velocity) = match state {
-                    Some(s) => (
-                        s.mean_square.expect("RMSProp state has a mean square"),
-                        s.momentum,
-                    ),
-                    None => (grad.ones_like(), grad.zeros_like()),
-                };
-                let mean_square = mean_square
-                    .mul_scalar(decay)
-                    .add(grad.clone().square().mul_scalar(1.0 - decay));
-                let scaled = grad.div(mean_square.clone().add_scalar(epsilon).sqrt());
-                let velocity = velocity.mul_scalar(momentum).add(scaled.mul_scalar(lr));
-                let state = UpdateState {
-                    mean_square: Some(mean_square),
-                    momentum: velocity.clone(),
-                };
-                (velocity, state)
+                let state = self.mean_square.iter_mut().zip(&mut self.velocity);
+                for ((p, g), (ms, mom)) in params.iter_mut().zip(grads).zip(state) {
+                    *ms = decay * *ms + (1.0 - decay) * g * g;
+                    *mom = momentum * *mom + lr * g / (*ms + epsilon).sqrt();
+                    *p -= *mom;
+                }
             }
             UpdateRule::Sgd { momentum } => {
-                let velocity = match state {
-                    Some(s) => s.momentum.mul_scalar(momentum).add(grad),
-                    None => grad,
-                };
-                let state = UpdateState {
-                    mean_square: None,
-                    momentum: velocity.clone(),
-                };
-                (velocity.mul_scalar(lr), state)
+                for ((p, g), mom) in params.iter_mut().zip(grads).zip(&mut self.velocity) {
+                    *mom = momentum * *mom + g;
+                    *p -= lr * *mom;
+                }
             }
-        };
-        (param.sub(update), Some(state))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        UpdateState {
-            mean_square: state.mean_square.map(|t| t.to_device(device)),
-            momentum: state.momentum.to_device(device),
         }
     }
-}
-
-/// The optimizer a replica steps its module with.
-pub type Optimizer<M, B> = OptimizerAdaptor<UpdateRule, M, B>;
-
-/// Builds the configured optimizer for module type `M`.
-pub fn optimizer<B: AutodiffBackend, M: AutodiffModule<B>>(
-    section: &OptimizerSection,
-) -> Optimizer<M, B> {
-    OptimizerAdaptor::from(UpdateRule::from(section))
 }
 
 #[cfg(test)]
 mod tests {
-    use burn::backend::Flex;
-
     use super::*;
 
-    type B = Flex;
-
     fn run(rule: UpdateRule, lr: f64, grads: &[[f32; 2]]) -> Vec<f32> {
-        let device = Default::default();
-        let mut param = Tensor::<B, 1>::from_floats([1.0, -2.0], &device);
-        let mut state = None;
+        let mut params = vec![1.0, -2.0];
+        let mut opt = Optimizer::new(rule, 0.0, Vec::new(), 2);
         for g in grads {
-            let grad = Tensor::<B, 1>::from_floats(*g, &device);
-            let (p, s) = SimpleOptimizer::<B>::step(&rule, lr, param, grad, state);
-            param = p;
-            state = s;
+            opt.step(lr, &mut params, g);
         }
-        param.into_data().to_vec().unwrap()
+        params
     }
 
     #[test]
@@ -144,9 +129,9 @@ mod tests {
             momentum: 0.5,
             epsilon: 1.0,
         };
-        // Hand computation for p = 1.0 with g = 2 then g = -1, lr 0.1:
-        // ms1 = 0.9·1 + 0.1·4 = 1.3;    mom1 = 0.1·2/√2.3           = 0.131876
-        // ms2 = 0.9·1.3 + 0.1·1 = 1.27; mom2 = 0.5·mom1 + 0.1·(−1)/√2.27 = −0.000434
+        // Hand computation for p = 1.0 with g = 2 then g = −1, lr 0.1:
+        // ms1 = 0.9·1 + 0.1·4 = 1.3;    mom1 = 0.1·2/√2.3
+        // ms2 = 0.9·1.3 + 0.1·1 = 1.27; mom2 = 0.5·mom1 − 0.1/√2.27
         let mom1 = 0.1 * 2.0 / 2.3f64.sqrt();
         let mom2 = 0.5 * mom1 - 0.1 / 2.27f64.sqrt();
         let expected = 1.0 - mom1 - mom2;
@@ -161,9 +146,21 @@ mod tests {
 
     #[test]
     fn sgd_momentum_matches_by_hand() {
-        let rule = UpdateRule::Sgd { momentum: 0.9 };
         // mom1 = 1, p = 1 − 0.1 = 0.9; mom2 = 0.9 + 1 = 1.9, p = 0.9 − 0.19 = 0.71
-        let got = run(rule, 0.1, &[[1.0, 0.0], [1.0, 0.0]]);
+        let got = run(
+            UpdateRule::Sgd { momentum: 0.9 },
+            0.1,
+            &[[1.0, 0.0], [1.0, 0.0]],
+        );
         assert!((got[0] - 0.71).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn weight_decay_applies_only_to_decayed_ranges() {
+        let opt = Optimizer::new(UpdateRule::Sgd { momentum: 0.0 }, 0.5, vec![1..2, 2..3], 4);
+        let params = [2.0, 2.0, -4.0, 2.0];
+        let mut grads = [0.0; 4];
+        opt.add_weight_decay(&params, &mut grads);
+        assert_eq!(grads, [0.0, 1.0, -2.0, 0.0]);
     }
 }

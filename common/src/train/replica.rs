@@ -3,26 +3,28 @@
 //!
 //! Per optimizer step: for each of `accumulate` micro-batches, forward, loss, backward and add
 //! the flat gradients into one buffer; append the summed loss; all-reduce the buffer (mean over
-//! ranks) on the ring; divide by `accumulate`; hand the gradients to the optimizer. Every rank
-//! applies the same averaged gradient to the same parameters, so replicas stay identical.
+//! ranks) on the ring; divide by `accumulate`; add weight decay; clip to the global norm; update
+//! the flat parameters. Every rank applies the same update to the same parameters, so replicas
+//! stay identical; a step whose loss or gradient is not finite is skipped on every rank alike.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burn::module::AutodiffModule;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::Optimizer as _;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::optim::{Optimizer, optimizer};
-use super::params;
+use super::clip::clip_global_norm;
+use super::ema::WeightAverage;
+use super::optim::{Optimizer, UpdateRule};
 use super::schedule::LrSchedule;
 use crate::collective::{ReduceOp, Ring};
 use crate::config::{DataSource, Experiment};
 use crate::data::plan::validation_share;
 use crate::data::{Batch, EpochPlan, Split, SyntheticImages};
+use crate::model::params;
 use crate::model::registry::Network;
 
 /// Timings and values of one optimizer step.
@@ -33,6 +35,10 @@ pub struct StepStats {
     /// Training loss averaged over every rank's micro-batches.
     pub loss: f64,
     pub learning_rate: f64,
+    /// Global norm of the averaged gradient (weight decay included) before clipping.
+    pub grad_norm: f64,
+    /// The loss or gradient was NaN/Inf and the update was skipped.
+    pub skipped: bool,
     /// Images this rank processed.
     pub images: usize,
     pub data: Duration,
@@ -43,21 +49,30 @@ pub struct StepStats {
 /// Validation result summed over all ranks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
-    pub correct: u64,
+    pub top1_correct: u64,
+    pub top5_correct: u64,
     pub samples: u64,
+    /// Mean cross-entropy (no label smoothing).
     pub loss: f64,
 }
 
 impl Evaluation {
     pub fn top1(&self) -> f64 {
-        self.correct as f64 / self.samples.max(1) as f64
+        self.top1_correct as f64 / self.samples.max(1) as f64
+    }
+
+    pub fn top5(&self) -> f64 {
+        self.top5_correct as f64 / self.samples.max(1) as f64
     }
 }
 
 /// A model replica bound to its rank in the ring.
 pub struct Replica<B: AutodiffBackend> {
     model: Network<B>,
-    optimizer: Optimizer<Network<B>, B>,
+    /// The trainable parameters, flat; the model's tensors are refreshed from it every step.
+    params: Vec<f32>,
+    optimizer: Optimizer,
+    average: Option<WeightAverage>,
     ring: Ring,
     loss: CrossEntropyLoss<B>,
     schedule: LrSchedule,
@@ -66,6 +81,9 @@ pub struct Replica<B: AutodiffBackend> {
     accumulate: usize,
     batch_size: usize,
     val_samples: usize,
+    clip_norm: f64,
+    max_nonfinite: u32,
+    nonfinite_streak: u32,
     /// Flat gradients plus one slot for the loss; reused every step.
     buffer: Vec<f32>,
     device: B::Device,
@@ -86,19 +104,31 @@ impl<B: AutodiffBackend> Replica<B> {
                 exp.data.source
             );
         }
-        let (mut model, mut ring) = (model, ring);
+        let mut ring = ring;
+        let mut params = params::flatten_params(&model);
         if ring.world_size() > 1 {
-            let mut flat = params::flatten_params(&model);
-            ring.broadcast(&mut flat, 0)
+            ring.broadcast(&mut params, 0)
                 .context("broadcasting rank 0's initial parameters")?;
-            model = params::load_params(model, &flat);
         }
+        let model = params::load_params(model, &params);
+        let decayed = params::trainable_segments(&model)
+            .into_iter()
+            .filter(|s| s.is_weight())
+            .map(|s| s.range)
+            .collect();
         let train = &exp.train;
         let smoothing = (train.label_smoothing > 0.0).then_some(train.label_smoothing as f32);
-        let buffer = vec![0.0; params::trainable_len(&model) + 1];
         Ok(Self {
+            optimizer: Optimizer::new(
+                UpdateRule::from(&train.optimizer),
+                train.weight_decay,
+                decayed,
+                params.len(),
+            ),
+            average: (train.ema_decay > 0.0).then(|| WeightAverage::new(train.ema_decay, &params)),
+            buffer: vec![0.0; params.len() + 1],
+            params,
             model,
-            optimizer: optimizer(&train.optimizer),
             ring,
             loss: CrossEntropyLossConfig::new()
                 .with_smoothing(smoothing)
@@ -108,6 +138,7 @@ impl<B: AutodiffBackend> Replica<B> {
                 &train.schedule,
                 exp.steps_per_epoch(),
                 exp.total_steps(),
+                exp.global_batch(),
             ),
             plan: EpochPlan::new(
                 exp.run.seed,
@@ -125,7 +156,9 @@ impl<B: AutodiffBackend> Replica<B> {
             accumulate: train.accumulate,
             batch_size: train.batch_size,
             val_samples: exp.data.val_samples,
-            buffer,
+            clip_norm: train.clip_global_norm,
+            max_nonfinite: train.max_nonfinite_steps,
+            nonfinite_streak: 0,
             device,
         })
     }
@@ -138,11 +171,16 @@ impl<B: AutodiffBackend> Replica<B> {
         &self.model
     }
 
+    /// The trainable parameters in flat module order.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
     /// Runs optimizer step `step` (zero-based).
     pub fn step(&mut self, step: u64) -> anyhow::Result<StepStats> {
         let (mut data, mut compute) = (Duration::ZERO, Duration::ZERO);
         self.buffer.fill(0.0);
-        let (grads_len, rank) = (self.buffer.len() - 1, self.ring.rank());
+        let (grads_len, rank) = (self.params.len(), self.ring.rank());
         let mut images = 0;
         for micro in 0..self.accumulate {
             let started = Instant::now();
@@ -170,15 +208,30 @@ impl<B: AutodiffBackend> Replica<B> {
         let started = Instant::now();
         let scale = 1.0 / self.accumulate as f32;
         self.buffer.iter_mut().for_each(|v| *v *= scale);
-        let loss = self.buffer[grads_len] as f64;
-        if !loss.is_finite() {
-            bail!("loss became {loss} at step {step}");
-        }
-        let grads = params::to_gradients::<B, _>(&self.model, &self.buffer[..grads_len]);
+        let loss = f64::from(self.buffer[grads_len]);
+        let grads = &mut self.buffer[..grads_len];
+        self.optimizer.add_weight_decay(&self.params, grads);
+        let grad_norm = clip_global_norm(grads, self.clip_norm);
         let learning_rate = self.schedule.at(step);
-        self.model = self
-            .optimizer
-            .step(learning_rate, self.model.clone(), grads);
+        let skipped = !(loss.is_finite() && grad_norm.is_finite());
+        if skipped {
+            self.nonfinite_streak += 1;
+            if self.nonfinite_streak >= self.max_nonfinite {
+                bail!(
+                    "{} consecutive steps with a non-finite loss or gradient, the last at step {} \
+                     (loss {loss}, gradient norm {grad_norm}; train.max_nonfinite_steps)",
+                    self.nonfinite_streak,
+                    step + 1
+                );
+            }
+        } else {
+            self.nonfinite_streak = 0;
+            self.optimizer.step(learning_rate, &mut self.params, grads);
+            self.model = params::load_params(self.model.clone(), &self.params);
+            if let Some(average) = &mut self.average {
+                average.update(&self.params);
+            }
+        }
         compute += started.elapsed();
 
         Ok(StepStats {
@@ -186,6 +239,8 @@ impl<B: AutodiffBackend> Replica<B> {
             epoch: self.plan.epoch_of(step),
             loss,
             learning_rate,
+            grad_norm,
+            skipped,
             images,
             data,
             compute,
@@ -193,12 +248,17 @@ impl<B: AutodiffBackend> Replica<B> {
         })
     }
 
-    /// Evaluates this rank's share of the validation split and sums the result over all ranks.
+    /// Evaluates this rank's share of the validation split (with the weight average when
+    /// enabled) and sums the result over all ranks.
     pub fn evaluate(&mut self) -> anyhow::Result<Evaluation> {
-        let model = self.model.valid();
+        let weights = self
+            .average
+            .as_ref()
+            .map_or(&self.params[..], WeightAverage::values);
+        let model = params::load_params(self.model.clone(), weights).valid();
         let share = validation_share(self.val_samples, self.ring.rank(), self.ring.world_size());
-        let (mut correct, mut loss_sum) = (0u64, 0f64);
         let loss = CrossEntropyLossConfig::new().init(&self.device);
+        let mut totals = [0f32; 4]; // top-1, top-5, samples, summed loss
         for chunk in share.chunks(self.batch_size) {
             let batch = self.source.batch(Split::Validation, chunk);
             let (inputs, targets) = batch_tensors::<B::InnerBackend>(batch, &self.device);
@@ -207,27 +267,29 @@ impl<B: AutodiffBackend> Replica<B> {
                 .forward(logits.clone(), targets.clone())
                 .into_scalar()
                 .elem();
-            loss_sum += batch_loss as f64 * chunk.len() as f64;
-            let hits: i64 = logits
-                .argmax(1)
-                .squeeze_dim::<1>(1)
-                .equal(targets)
-                .int()
-                .sum()
-                .into_scalar()
-                .elem();
-            correct += hits as u64;
+            let [top1, top5] = [1, 5].map(|k| hits_within_top(logits.clone(), targets.clone(), k));
+            totals[0] += top1 as f32;
+            totals[1] += top5 as f32;
+            totals[2] += chunk.len() as f32;
+            totals[3] += batch_loss * chunk.len() as f32;
         }
-        let mut totals = [correct as f32, share.len() as f32, loss_sum as f32];
         self.ring
             .all_reduce(&mut totals, ReduceOp::Sum)
             .context("all-reduce of validation results")?;
         Ok(Evaluation {
-            correct: totals[0].round() as u64,
-            samples: totals[1].round() as u64,
-            loss: totals[2] as f64 / totals[1].max(1.0) as f64,
+            top1_correct: totals[0].round() as u64,
+            top5_correct: totals[1].round() as u64,
+            samples: totals[2].round() as u64,
+            loss: f64::from(totals[3]) / f64::from(totals[2].max(1.0)),
         })
     }
+}
+
+/// Samples whose true class is among the `k` highest logits (ties count in the sample's favour).
+fn hits_within_top<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>, k: usize) -> i64 {
+    let truth = logits.clone().gather(1, targets.unsqueeze_dim(1));
+    let higher = logits.greater(truth).int().sum_dim(1);
+    higher.lower_elem(k as i64).int().sum().into_scalar().elem()
 }
 
 fn batch_tensors<B: Backend>(
@@ -242,4 +304,28 @@ fn batch_tensors<B: Backend>(
         Tensor::from_data(pixels, device),
         Tensor::from_data(labels, device),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+
+    use super::*;
+
+    #[test]
+    fn top_k_hits_count_the_true_class_rank() {
+        let device = Default::default();
+        let logits = Tensor::<Flex, 2>::from_floats(
+            [
+                [0.1, 0.9, 0.3, 0.2],
+                [0.8, 0.1, 0.05, 0.05],
+                [0.1, 0.2, 0.3, 0.4],
+            ],
+            &device,
+        );
+        let targets = Tensor::<Flex, 1, Int>::from_ints([1, 1, 0], &device);
+        assert_eq!(hits_within_top(logits.clone(), targets.clone(), 1), 1);
+        assert_eq!(hits_within_top(logits.clone(), targets.clone(), 2), 2);
+        assert_eq!(hits_within_top(logits, targets, 4), 3);
+    }
 }

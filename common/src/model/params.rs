@@ -1,0 +1,246 @@
+//! Named and flat views of a module's parameters.
+//!
+//! Collectives and the optimizer work on one flat `f32` vector of the trainable parameters.
+//! burn's `ParamId`s are random per process, so the order is the module-tree walk (the same
+//! module-path order on every rank), never the ids. BatchNorm running statistics are visited
+//! by burn like parameters; they are told apart by their field names and are not trainable.
+
+use std::ops::Range;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+
+/// A trainable tensor's place in the flat vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Dotted module path, e.g. `repeat.0.conv2d.weight` (the checkpoint key).
+    pub path: String,
+    pub range: Range<usize>,
+}
+
+impl Segment {
+    /// Convolution and fully connected weights: what weight decay applies to (not BatchNorm
+    /// gamma/beta, not biases).
+    pub fn is_weight(&self) -> bool {
+        self.path.ends_with("weight")
+    }
+}
+
+/// Every float tensor of `module`, parameters and running statistics, as (dotted module path,
+/// element count) in visit order.
+pub fn tensor_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, usize)> {
+    let mut walk = PathCollector::default();
+    module.visit(&mut walk);
+    walk.tensors
+}
+
+/// The trainable tensors in flat-vector order.
+pub fn trainable_segments<B: Backend, M: Module<B>>(module: &M) -> Vec<Segment> {
+    let mut offset = 0;
+    tensor_paths(module)
+        .into_iter()
+        .filter(|(path, _)| is_trainable(path))
+        .map(|(path, len)| {
+            let range = offset..offset + len;
+            offset += len;
+            Segment { path, range }
+        })
+        .collect()
+}
+
+/// Number of trainable scalars: weights, biases and BatchNorm gamma/beta, not running statistics
+/// (burn's `Module::num_params` counts those too).
+pub fn trainable_len<B: Backend, M: Module<B>>(module: &M) -> usize {
+    trainable_segments(module).last().map_or(0, |s| s.range.end)
+}
+
+/// Trainable parameters, concatenated in module order.
+pub fn flatten_params<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+    let mut gather = Gather::default();
+    module.visit(&mut gather);
+    gather.flat
+}
+
+/// Replaces the trainable parameters with `flat` (as produced by [`flatten_params`]).
+pub fn load_params<B: Backend, M: Module<B>>(module: M, flat: &[f32]) -> M {
+    let mut scatter = Scatter {
+        path: Vec::new(),
+        flat,
+        offset: 0,
+    };
+    let module = module.map(&mut scatter);
+    assert_eq!(
+        scatter.offset,
+        flat.len(),
+        "flat parameter vector has the wrong length"
+    );
+    module
+}
+
+/// Adds the gradients of the trainable parameters, in module order, into `acc`
+/// (a parameter that received no gradient contributes zeros).
+pub fn accumulate_grads<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+    acc: &mut [f32],
+) {
+    let mut visitor = GradAccumulator {
+        path: Vec::new(),
+        grads,
+        acc,
+        offset: 0,
+    };
+    module.visit(&mut visitor);
+    assert_eq!(
+        visitor.offset,
+        visitor.acc.len(),
+        "gradient buffer has the wrong length"
+    );
+}
+
+fn is_trainable(path: &str) -> bool {
+    !(path.ends_with("running_mean") || path.ends_with("running_var"))
+}
+
+fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("float tensors convert to f32")
+}
+
+/// The enter/exit bookkeeping every walker here shares: the current field path.
+macro_rules! track_path {
+    () => {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_owned());
+        }
+
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+    };
+}
+
+#[derive(Default)]
+struct PathCollector {
+    path: Vec<String>,
+    tensors: Vec<(String, usize)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for PathCollector {
+    track_path!();
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.tensors
+            .push((self.path.join("."), param.shape().num_elements()));
+    }
+}
+
+#[derive(Default)]
+struct Gather {
+    path: Vec<String>,
+    flat: Vec<f32>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Gather {
+    track_path!();
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if is_trainable(&self.path.join(".")) {
+            self.flat.extend(to_vec(param.val()));
+        }
+    }
+}
+
+struct Scatter<'a> {
+    path: Vec<String>,
+    flat: &'a [f32],
+    offset: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for Scatter<'_> {
+    track_path!();
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if !is_trainable(&self.path.join(".")) {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let end = self.offset + shape.num_elements();
+        let data = TensorData::new(self.flat[self.offset..end].to_vec(), shape);
+        self.offset = end;
+        let value =
+            Tensor::from_data(data, &tensor.device()).set_require_grad(tensor.is_require_grad());
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+struct GradAccumulator<'a, B: AutodiffBackend> {
+    path: Vec<String>,
+    grads: &'a B::Gradients,
+    acc: &'a mut [f32],
+    offset: usize,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradAccumulator<'_, B> {
+    track_path!();
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !is_trainable(&self.path.join(".")) {
+            return;
+        }
+        let tensor = param.val();
+        let len = tensor.shape().num_elements();
+        if let Some(grad) = tensor.grad(self.grads) {
+            let slot = &mut self.acc[self.offset..self.offset + len];
+            for (a, g) in slot.iter_mut().zip(to_vec(grad)) {
+                *a += g;
+            }
+        }
+        self.offset += len;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+
+    use super::*;
+    use crate::model::InceptionResNetV2Config;
+
+    #[test]
+    fn flat_views_round_trip_and_skip_running_stats() {
+        let model = InceptionResNetV2Config::new(5)
+            .with_width(0.0625)
+            .with_blocks([1, 1, 1])
+            .init::<Flex>(&Default::default());
+        let flat = flatten_params(&model);
+        let segments = trainable_segments(&model);
+        assert_eq!(flat.len(), trainable_len(&model));
+        assert!(segments.iter().all(|s| !s.path.contains("running")));
+        assert!(
+            segments
+                .iter()
+                .any(|s| s.path.ends_with("bn.gamma") && !s.is_weight())
+        );
+        assert!(
+            segments
+                .iter()
+                .any(|s| s.path == "classif.weight" && s.is_weight())
+        );
+        assert!(
+            segments
+                .iter()
+                .any(|s| s.path == "classif.bias" && !s.is_weight())
+        );
+
+        let shifted: Vec<f32> = flat.iter().map(|v| v + 1.0).collect();
+        let model = load_params(model, &shifted);
+        assert_eq!(flatten_params(&model), shifted);
+    }
+}
