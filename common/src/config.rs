@@ -23,6 +23,26 @@ pub struct Experiment {
     pub model: ModelSection,
     pub data: DataSection,
     pub train: TrainSection,
+    pub checkpoint: CheckpointSection,
+}
+
+/// When rank 0 checkpoints and how many checkpoints are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Checkpoint every this many steps (0 = only at the end of the run).
+    pub every_steps: u64,
+    /// Newest committed checkpoints kept; older ones are deleted.
+    pub keep: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            every_steps: 0,
+            keep: 3,
+        }
+    }
 }
 
 /// Naming and seeding.
@@ -643,6 +663,13 @@ impl Experiment {
                 "must be at least 1",
             );
         }
+
+        check(
+            self.checkpoint.keep >= 1,
+            "checkpoint.keep",
+            self.checkpoint.keep.to_string(),
+            "must be at least 1",
+        );
 
         if problems.0.is_empty() {
             Ok(())

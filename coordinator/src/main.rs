@@ -29,7 +29,11 @@ enum Command {
     /// Start a run from an experiment file and follow it to the end.
     Launch {
         /// Experiment TOML, e.g. experiments/quickstart.toml.
-        experiment: PathBuf,
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        experiment: Option<PathBuf>,
+        /// Continue a stopped run from its latest valid committed checkpoint.
+        #[arg(long, value_name = "RUN_ID", conflicts_with = "overrides")]
+        resume: Option<String>,
         /// Override a key: --set train.batch_size=16 (repeatable; applied after INCEPT__* env vars).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
@@ -78,13 +82,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Launch {
             experiment,
+            resume,
             overrides,
             state_dir,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(run::launch(&experiment, &overrides, &state_dir)),
+        } => {
+            let start = match (&experiment, &resume) {
+                (_, Some(run_id)) => run::Start::Resume { run_id },
+                (Some(experiment), None) => run::Start::New {
+                    experiment,
+                    overrides: &overrides,
+                },
+                (None, None) => unreachable!("clap requires an experiment or --resume"),
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(run::launch(start, &state_dir))
+        }
         Command::Config {
             experiment,
             overrides,

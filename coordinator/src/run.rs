@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use incept_common::config::{self, Experiment, Launcher};
 use incept_common::fsutil::write_atomic;
 use incept_common::proto::{EvaluationReport, WorkerResult};
+use incept_common::train::checkpoint;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 use crate::launcher::{LocalWorkers, WorkerCommand};
@@ -31,45 +32,57 @@ enum Outcome {
     Interrupted,
 }
 
-/// Loads `experiment`, runs it to completion and returns the process exit code.
-pub async fn launch(
-    experiment: &Path,
-    overrides: &[String],
-    state_dir: &Path,
-) -> anyhow::Result<ExitCode> {
-    let exp = config::load(experiment, overrides)?;
-    for path in exp.data.required_paths() {
-        if !path.exists() {
-            bail!(
-                "data path {} does not exist (data.path = {:?} in {})",
-                path.display(),
-                exp.data.path.as_deref().unwrap_or(Path::new("")),
-                experiment.display()
-            );
-        }
-    }
+/// What `launch` starts.
+pub enum Start<'a> {
+    /// A new run of an experiment file, with `--set` overrides.
+    New {
+        experiment: &'a Path,
+        overrides: &'a [String],
+    },
+    /// A stopped run, continued from its latest valid committed checkpoint.
+    Resume { run_id: &'a str },
+}
+
+/// A run ready to start: its experiment, identity and starting point.
+struct Prepared {
+    store: Store,
+    exp: Experiment,
+    run_id: String,
+    run_dir: PathBuf,
+    resolved: String,
+    /// Checkpoint to continue from, if resuming.
+    resume_from: Option<(u64, PathBuf)>,
+}
+
+/// Starts (or resumes) a run, follows it to completion and returns the process exit code.
+pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let Prepared {
+        mut store,
+        exp,
+        run_id,
+        run_dir,
+        resolved,
+        resume_from,
+    } = match start {
+        Start::New {
+            experiment,
+            overrides,
+        } => prepare_new(experiment, overrides, state_dir)?,
+        Start::Resume { run_id } => prepare_resume(run_id, state_dir)?,
+    };
     let worker_bin = match exp.cluster.launcher {
         Launcher::Local => Some(WorkerCommand::locate()?),
         Launcher::External => None,
     };
-
-    let run_id = new_run_id(&exp.run.name);
-    let run_dir = state_dir.join(&run_id);
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
-    let resolved = exp.to_toml();
-    write_atomic(&run_dir.join("config.toml"), resolved.as_bytes(), 0o644)?;
     let token = new_token();
     write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
-    let mut store = Store::open(&state_dir.join(DATABASE))?;
     let total_steps = exp.total_steps();
-    store.create_run(
-        &run_id,
-        &exp.run.name,
-        &resolved,
-        exp.cluster.world_size,
-        total_steps,
-    )?;
+    if let Some((step, path)) = &resume_from {
+        store.reopen_run(&run_id)?;
+        let message = format!("resuming from step {step} ({})", path.display());
+        store.event(&run_id, "info", &message)?;
+        println!("{message}");
+    }
 
     let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
         .await
@@ -83,6 +96,11 @@ pub async fn launch(
         world_size: exp.cluster.world_size as u32,
         total_steps,
         heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
+        checkpoint_dir: run_dir.join("checkpoints").display().to_string(),
+        resume_from: resume_from
+            .as_ref()
+            .map(|(_, path)| path.display().to_string())
+            .unwrap_or_default(),
         join_timeout: Duration::from_secs(exp.cluster.join_timeout_s),
         rendezvous: Rendezvous::new(exp.cluster.world_size),
         events,
@@ -145,6 +163,104 @@ pub async fn launch(
     report(
         &store, &run_id, &run_dir, &exp, outcome, final_loss, elapsed,
     )
+}
+
+/// Validates a new experiment and creates its run: folder, resolved config, database row.
+fn prepare_new(
+    experiment: &Path,
+    overrides: &[String],
+    state_dir: &Path,
+) -> anyhow::Result<Prepared> {
+    let exp = config::load(experiment, overrides)?;
+    check_data_paths(&exp, &experiment.display().to_string())?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let store = Store::open(&state_dir.join(DATABASE))?;
+    let run_id = new_run_id(&exp.run.name);
+    let run_dir = state_dir.join(&run_id);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let resolved = exp.to_toml();
+    write_atomic(&run_dir.join("config.toml"), resolved.as_bytes(), 0o644)?;
+    store.create_run(
+        &run_id,
+        &exp.run.name,
+        &resolved,
+        exp.cluster.world_size,
+        exp.total_steps(),
+    )?;
+    Ok(Prepared {
+        store,
+        exp,
+        run_id,
+        run_dir,
+        resolved,
+        resume_from: None,
+    })
+}
+
+/// Loads a stopped run and picks the newest committed checkpoint that verifies.
+fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
+    let database = state_dir.join(DATABASE);
+    if !database.is_file() {
+        bail!("no run database at {}", database.display());
+    }
+    let store = Store::open(&database)?;
+    let Some((resolved, status)) = store.run_config(run_id)? else {
+        bail!(
+            "no run {run_id:?} in {}",
+            state_dir.join(DATABASE).display()
+        );
+    };
+    if status == "succeeded" {
+        bail!("run {run_id} already succeeded; nothing to resume");
+    }
+    let exp = Experiment::from_toml(&resolved)?;
+    check_data_paths(&exp, &format!("run {run_id}"))?;
+    let mut resume_from = None;
+    for (step, path) in store.checkpoints(run_id)? {
+        match checkpoint::verify_step(&path) {
+            Ok(found) if found == step => {
+                resume_from = Some((step, path));
+                break;
+            }
+            Ok(found) => tracing::warn!(
+                step,
+                found,
+                "checkpoint manifest names another step; skipped"
+            ),
+            Err(err) => {
+                let message = format!("checkpoint of step {step} is unusable: {err}");
+                eprintln!("{message}");
+                store.event(run_id, "warn", &message)?;
+            }
+        }
+    }
+    let Some(resume_from) = resume_from else {
+        bail!("run {run_id} has no valid committed checkpoint to resume from");
+    };
+    Ok(Prepared {
+        store,
+        exp,
+        run_id: run_id.to_string(),
+        run_dir: state_dir.join(run_id),
+        resolved,
+        resume_from: Some(resume_from),
+    })
+}
+
+/// Fails before any worker starts when a dataset folder is missing.
+fn check_data_paths(exp: &Experiment, origin: &str) -> anyhow::Result<()> {
+    for path in exp.data.required_paths() {
+        if !path.exists() {
+            bail!(
+                "data path {} does not exist (data.path = {:?} in {origin})",
+                path.display(),
+                exp.data.path.as_deref().unwrap_or(Path::new("")),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Records the outcome, prints the summary, and picks the exit code.
@@ -210,6 +326,7 @@ struct Monitor<'a> {
     last_seen: Vec<Option<Instant>>,
     results: Vec<Option<WorkerResult>>,
     last_loss: f64,
+    keep_checkpoints: usize,
 }
 
 impl<'a> Monitor<'a> {
@@ -230,6 +347,7 @@ impl<'a> Monitor<'a> {
             last_seen: vec![None; world],
             results: vec![None; world],
             last_loss: f64::NAN,
+            keep_checkpoints: exp.checkpoint.keep,
         }
     }
 
@@ -285,6 +403,7 @@ impl<'a> Monitor<'a> {
                     eval.loss
                 ));
             }
+            Event::Checkpoint(report) => self.commit_checkpoint(report.step, &report.path)?,
             Event::Finished(result) => {
                 let rank = result.rank as usize;
                 if !result.error.is_empty() {
@@ -302,6 +421,29 @@ impl<'a> Monitor<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// Verifies a checkpoint rank 0 wrote, commits it, and prunes beyond `checkpoint.keep`.
+    fn commit_checkpoint(&mut self, step: u64, path: &str) -> anyhow::Result<()> {
+        let run_id = &self.ctx.run_id;
+        let dir = PathBuf::from(path);
+        match checkpoint::verify_step(&dir) {
+            Ok(found) if found == step => {}
+            Ok(found) => bail!("checkpoint {path} holds step {found}, reported as step {step}"),
+            Err(err) => {
+                let message = format!("checkpoint of step {step} not committed: {err}");
+                self.progress.println(&message);
+                return self.store.event(run_id, "warn", &message);
+            }
+        }
+        self.store.commit_checkpoint(run_id, step, &dir)?;
+        let root = dir.parent().unwrap_or(Path::new("."));
+        for removed in checkpoint::prune(root, self.keep_checkpoints)? {
+            self.store.remove_checkpoint(run_id, removed)?;
+        }
+        self.progress
+            .println(&format!("checkpoint step {step} committed: {path}"));
+        Ok(())
     }
 
     fn check_health(&mut self) -> Option<Outcome> {

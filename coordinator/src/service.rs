@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use incept_common::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use incept_common::proto::{
-    Ack, Assignment, EvaluationReport, HeartbeatReply, HeartbeatRequest, JoinRequest,
-    MetricsReport, StepMetrics, TOKEN_METADATA_KEY, WorkerResult,
+    Ack, Assignment, CheckpointReport, EvaluationReport, HeartbeatReply, HeartbeatRequest,
+    JoinRequest, MetricsReport, StepMetrics, TOKEN_METADATA_KEY, WorkerResult,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::service::Interceptor;
@@ -25,6 +25,7 @@ pub enum Event {
     Heartbeat { rank: u32 },
     Metrics { rank: u32, steps: Vec<StepMetrics> },
     Evaluation(EvaluationReport),
+    Checkpoint(CheckpointReport),
     Finished(WorkerResult),
 }
 
@@ -35,6 +36,9 @@ pub struct RunContext {
     pub world_size: u32,
     pub total_steps: u64,
     pub heartbeat_interval_ms: u32,
+    pub checkpoint_dir: String,
+    /// Checkpoint the run continues from (empty: fresh start).
+    pub resume_from: String,
     pub join_timeout: Duration,
     pub rendezvous: Rendezvous,
     pub events: UnboundedSender<Event>,
@@ -133,6 +137,8 @@ impl Coordinator for CoordinatorService {
             experiment_toml: self.run.experiment_toml.clone(),
             total_steps: self.run.total_steps,
             heartbeat_interval_ms: self.run.heartbeat_interval_ms,
+            checkpoint_dir: self.run.checkpoint_dir.clone(),
+            resume_from: self.run.resume_from.clone(),
         }))
     }
 
@@ -164,6 +170,22 @@ impl Coordinator for CoordinatorService {
             )));
         }
         self.emit(Event::Metrics { rank, steps })?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn report_checkpoint(
+        &self,
+        request: Request<CheckpointReport>,
+    ) -> Result<Response<Ack>, Status> {
+        let report = request.into_inner();
+        self.check_rank(report.rank)?;
+        if report.step == 0 || report.step > self.run.total_steps || report.path.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of step {} at {:?} is out of range or unnamed",
+                report.step, report.path
+            )));
+        }
+        self.emit(Event::Checkpoint(report))?;
         Ok(Response::new(Ack {}))
     }
 

@@ -1,12 +1,12 @@
 //! The run database: one SQLite file per state directory holding runs, workers, per-step
 //! metrics and events. The coordinator's monitor is its only writer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use incept_common::proto::{EvaluationReport, JoinRequest, StepMetrics};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     skipped INTEGER NOT NULL,
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, rank, step)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    committed_at REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -190,6 +197,60 @@ impl Store {
         self.conn.execute(
             "INSERT INTO events (run_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
             params![run_id, now(), level, message],
+        )?;
+        Ok(())
+    }
+
+    /// Records a verified checkpoint as committed.
+    pub fn commit_checkpoint(&self, run_id: &str, step: u64, path: &Path) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (run_id, step, path, committed_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![run_id, step as i64, path.display().to_string(), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a checkpoint whose folder was pruned.
+    pub fn remove_checkpoint(&self, run_id: &str, step: u64) -> anyhow::Result<()> {
+        self.conn.execute(
+            "DELETE FROM checkpoints WHERE run_id = ?1 AND step = ?2",
+            params![run_id, step as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Committed checkpoints of a run as (step, folder), newest first.
+    pub fn checkpoints(&self, run_id: &str) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+        let mut query = self
+            .conn
+            .prepare("SELECT step, path FROM checkpoints WHERE run_id = ?1 ORDER BY step DESC")?;
+        let rows = query.query_map([run_id], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                PathBuf::from(row.get::<_, String>(1)?),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The resolved experiment and status of a run, if it exists.
+    pub fn run_config(&self, run_id: &str) -> anyhow::Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT config, status FROM runs WHERE id = ?1",
+                [run_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Marks a stopped run as running again (resume).
+    pub fn reopen_run(&self, run_id: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET status = ?2, finished_at = NULL, error = NULL WHERE id = ?1",
+            params![run_id, RunStatus::Running.as_str()],
         )?;
         Ok(())
     }

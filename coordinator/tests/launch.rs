@@ -370,3 +370,81 @@ fn interrupt_stops_local_workers() {
         );
     }
 }
+
+/// Per-step losses of rank 0 in a state directory's database.
+fn losses(fx: &Fixture) -> Vec<(i64, f64)> {
+    let db = fx.db();
+    let mut query = db
+        .prepare("SELECT step, loss FROM metrics WHERE rank = 0 ORDER BY step")
+        .unwrap();
+    query
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn interrupted_run_resumes_with_identical_losses() {
+    let experiment =
+        TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 2\n";
+    // The reference: the same experiment, uninterrupted.
+    let reference = Fixture::new(&experiment);
+    let mut cmd = reference.coordinator(&["launch"]);
+    cmd.arg(reference.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = losses(&reference);
+    assert_eq!(expected.len(), 72);
+
+    // Interrupt a second run once its checkpoint of step 16 is committed, then resume it.
+    let fx = Fixture::new(&experiment);
+    let launched = Launched::spawn(&fx);
+    let run_line = launched.wait_for_line("coordinator at");
+    let run_id = run_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    launched.wait_for_line("checkpoint step 16 committed");
+    let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    let committed: Vec<i64> = {
+        let db = fx.db();
+        let mut query = db
+            .prepare("SELECT step FROM checkpoints ORDER BY step")
+            .unwrap();
+        query
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(
+        committed.len() <= 2 && committed.contains(&16),
+        "{committed:?}"
+    );
+
+    let mut cmd = fx.coordinator(&["launch", "--resume", &run_id]);
+    cmd.current_dir(fx.dir.path());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("resuming from step"), "{stdout}");
+
+    // Every step, before and after the interruption, has the uninterrupted run's loss.
+    assert_eq!(losses(&fx), expected);
+    let final_top1 = |fx: &Fixture| -> f64 {
+        fx.db()
+            .query_row("SELECT val_top1 FROM runs", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(final_top1(&fx), final_top1(&reference));
+    // Only the newest `keep` checkpoints remain, on disk and in the database.
+    let kept: i64 = fx
+        .db()
+        .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 2);
+}

@@ -187,6 +187,12 @@ async fn report_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedRecei
                         tracing::warn!(error = %status.message(), "could not send an evaluation");
                     }
                 }
+                Some(Report::Checkpoint(checkpoint)) => {
+                    flush_metrics(&mut client, rank, &mut pending).await;
+                    if let Err(status) = client.report_checkpoint(checkpoint).await {
+                        tracing::warn!(error = %status.message(), "could not report a checkpoint");
+                    }
+                }
                 None => {
                     flush_metrics(&mut client, rank, &mut pending).await;
                     return;

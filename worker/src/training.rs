@@ -1,6 +1,7 @@
 //! The training loop of one rank: ring, replica, steps, validation.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
 use incept_common::model::registry;
-use incept_common::proto::{Assignment, EvaluationReport, StepMetrics};
+use incept_common::proto::{Assignment, CheckpointReport, EvaluationReport, StepMetrics};
+use incept_common::train::checkpoint;
 use incept_common::train::{Evaluation, Replica, StepStats};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -19,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 pub enum Report {
     Step(StepMetrics),
     Evaluation(EvaluationReport),
+    Checkpoint(CheckpointReport),
 }
 
 /// Shared between the training thread and the heartbeat task.
@@ -60,10 +63,29 @@ pub fn run(
     TrainBackend::seed(&device, exp.run.seed);
     let model = registry::build::<TrainBackend>(&exp.model, &device);
     let mut replica = Replica::new(&exp, ring, model, device)?;
+    let start = match assignment.resume_from.as_str() {
+        "" => 0,
+        path => {
+            let state = checkpoint::read(Path::new(path))?;
+            let step = state.step;
+            replica
+                .restore(state)
+                .with_context(|| format!("resuming from {path}"))?;
+            tracing::info!(step, path, "resumed");
+            step
+        }
+    };
+    progress.step.store(start, Ordering::Relaxed);
 
     let total = assignment.total_steps;
+    let checkpoints = Checkpointer {
+        root: PathBuf::from(&assignment.checkpoint_dir),
+        every: exp.checkpoint.every_steps,
+        config: &assignment.experiment_toml,
+        enabled: rank == 0,
+    };
     let started = Instant::now();
-    for step in 0..total {
+    for step in start..total {
         if progress.stop.load(Ordering::Relaxed) {
             bail!("stopped by the coordinator at step {step}");
         }
@@ -82,6 +104,9 @@ pub fn run(
         let _ = reports.send(Report::Step(to_metrics(&stats)));
         progress.step.store(step + 1, Ordering::Relaxed);
         let done = step + 1;
+        if checkpoints.due(done, total) {
+            let _ = reports.send(Report::Checkpoint(checkpoints.write(&replica, done)?));
+        }
         if exp.train.eval_every > 0 && done % exp.train.eval_every == 0 && done < total {
             let eval = replica.evaluate()?;
             tracing::info!(
@@ -96,6 +121,36 @@ pub fn run(
         }
     }
     replica.evaluate()
+}
+
+/// Rank 0's checkpoint writer.
+struct Checkpointer<'a> {
+    root: PathBuf,
+    every: u64,
+    config: &'a str,
+    enabled: bool,
+}
+
+impl Checkpointer<'_> {
+    /// Every `every` steps, and after the last step.
+    fn due(&self, done: u64, total: u64) -> bool {
+        self.enabled && (done == total || (self.every > 0 && done % self.every == 0))
+    }
+
+    fn write(
+        &self,
+        replica: &Replica<TrainBackend>,
+        done: u64,
+    ) -> anyhow::Result<CheckpointReport> {
+        let dir = checkpoint::write(&self.root, &replica.state(done), self.config)
+            .with_context(|| format!("writing the checkpoint of step {done}"))?;
+        tracing::info!(step = done, path = %dir.display(), "checkpoint written");
+        Ok(CheckpointReport {
+            rank: 0,
+            step: done,
+            path: dir.display().to_string(),
+        })
+    }
 }
 
 /// The wire form of an evaluation made by `rank` after `step` steps.

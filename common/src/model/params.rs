@@ -56,17 +56,60 @@ pub fn trainable_len<B: Backend, M: Module<B>>(module: &M) -> usize {
     trainable_segments(module).last().map_or(0, |s| s.range.end)
 }
 
+/// Which tensors a flat view holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Weights, biases, BatchNorm gamma/beta.
+    Trainable,
+    /// BatchNorm running statistics.
+    Buffer,
+}
+
+impl Kind {
+    fn of(path: &[String]) -> Self {
+        if is_trainable(&path.join(".")) {
+            Kind::Trainable
+        } else {
+            Kind::Buffer
+        }
+    }
+}
+
 /// Trainable parameters, concatenated in module order.
 pub fn flatten_params<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
-    let mut gather = Gather::default();
-    module.visit(&mut gather);
-    gather.flat
+    gather(module, Kind::Trainable)
 }
 
 /// Replaces the trainable parameters with `flat` (as produced by [`flatten_params`]).
 pub fn load_params<B: Backend, M: Module<B>>(module: M, flat: &[f32]) -> M {
+    scatter(module, flat, Kind::Trainable)
+}
+
+/// BatchNorm running statistics, concatenated in module order. Read them from a synchronised
+/// module (`valid()`): burn's running state can lag one update behind otherwise.
+pub fn flatten_buffers<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+    gather(module, Kind::Buffer)
+}
+
+/// Replaces the BatchNorm running statistics with `flat` (from [`flatten_buffers`]).
+pub fn load_buffers<B: Backend, M: Module<B>>(module: M, flat: &[f32]) -> M {
+    scatter(module, flat, Kind::Buffer)
+}
+
+fn gather<B: Backend, M: Module<B>>(module: &M, kind: Kind) -> Vec<f32> {
+    let mut gather = Gather {
+        path: Vec::new(),
+        kind,
+        flat: Vec::new(),
+    };
+    module.visit(&mut gather);
+    gather.flat
+}
+
+fn scatter<B: Backend, M: Module<B>>(module: M, flat: &[f32], kind: Kind) -> M {
     let mut scatter = Scatter {
         path: Vec::new(),
+        kind,
         flat,
         offset: 0,
     };
@@ -74,7 +117,7 @@ pub fn load_params<B: Backend, M: Module<B>>(module: M, flat: &[f32]) -> M {
     assert_eq!(
         scatter.offset,
         flat.len(),
-        "flat parameter vector has the wrong length"
+        "flat {kind:?} vector has the wrong length"
     );
     module
 }
@@ -140,9 +183,9 @@ impl<B: Backend> ModuleVisitor<B> for PathCollector {
     }
 }
 
-#[derive(Default)]
 struct Gather {
     path: Vec<String>,
+    kind: Kind,
     flat: Vec<f32>,
 }
 
@@ -150,7 +193,7 @@ impl<B: Backend> ModuleVisitor<B> for Gather {
     track_path!();
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if is_trainable(&self.path.join(".")) {
+        if Kind::of(&self.path) == self.kind {
             self.flat.extend(to_vec(param.val()));
         }
     }
@@ -158,6 +201,7 @@ impl<B: Backend> ModuleVisitor<B> for Gather {
 
 struct Scatter<'a> {
     path: Vec<String>,
+    kind: Kind,
     flat: &'a [f32],
     offset: usize,
 }
@@ -166,7 +210,7 @@ impl<B: Backend> ModuleMapper<B> for Scatter<'_> {
     track_path!();
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if !is_trainable(&self.path.join(".")) {
+        if Kind::of(&self.path) != self.kind {
             return param;
         }
         let (id, tensor, mapper) = param.consume();
@@ -241,6 +285,19 @@ mod tests {
 
         let shifted: Vec<f32> = flat.iter().map(|v| v + 1.0).collect();
         let model = load_params(model, &shifted);
+        assert_eq!(flatten_params(&model), shifted);
+
+        // Buffers are the running statistics: a mean and a variance per BatchNorm channel.
+        let buffers = flatten_buffers(&model);
+        let gammas: usize = segments
+            .iter()
+            .filter(|s| s.path.ends_with("bn.gamma"))
+            .map(|s| s.range.len())
+            .sum();
+        assert_eq!(buffers.len(), 2 * gammas);
+        let halves: Vec<f32> = buffers.iter().map(|v| v * 0.5 + 0.25).collect();
+        let model = load_buffers(model, &halves);
+        assert_eq!(flatten_buffers(&model), halves);
         assert_eq!(flatten_params(&model), shifted);
     }
 }

@@ -34,6 +34,16 @@ impl WeightAverage {
     pub fn values(&self) -> &[f32] {
         &self.values
     }
+
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Restores a checkpointed average.
+    pub fn restore(&mut self, updates: u64, values: Vec<f32>) {
+        self.updates = updates;
+        self.values = values;
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Data-parallel training: optimizers, learning-rate schedules, gradient clipping, the weight
 //! average, and the replica step that ties them together.
 
+pub mod checkpoint;
 pub mod clip;
 pub mod ema;
 pub mod optim;

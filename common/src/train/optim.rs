@@ -83,6 +83,28 @@ impl Optimizer {
         }
     }
 
+    /// The state to checkpoint: (mean square, velocity).
+    pub fn state(&self) -> (&[f32], &[f32]) {
+        (&self.mean_square, &self.velocity)
+    }
+
+    /// Restores a checkpointed state; the lengths must match this optimizer's.
+    pub fn restore(&mut self, mean_square: Vec<f32>, velocity: Vec<f32>) -> Result<(), String> {
+        if mean_square.len() != self.mean_square.len() || velocity.len() != self.velocity.len() {
+            return Err(format!(
+                "optimizer state has {} + {} values, this optimizer needs {} + {} \
+                 (was the checkpoint made with another model or optimizer?)",
+                mean_square.len(),
+                velocity.len(),
+                self.mean_square.len(),
+                self.velocity.len()
+            ));
+        }
+        self.mean_square = mean_square;
+        self.velocity = velocity;
+        Ok(())
+    }
+
     /// Applies one update with learning rate `lr`.
     pub fn step(&mut self, lr: f64, params: &mut [f32], grads: &[f32]) {
         let lr = lr as f32;

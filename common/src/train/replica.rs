@@ -16,6 +16,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 
+use super::checkpoint::TrainingState;
 use super::clip::clip_global_norm;
 use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule};
@@ -84,6 +85,7 @@ pub struct Replica<B: AutodiffBackend> {
     clip_norm: f64,
     max_nonfinite: u32,
     nonfinite_streak: u32,
+    seed: u64,
     /// Flat gradients plus one slot for the loss; reused every step.
     buffer: Vec<f32>,
     device: B::Device,
@@ -159,6 +161,7 @@ impl<B: AutodiffBackend> Replica<B> {
             clip_norm: train.clip_global_norm,
             max_nonfinite: train.max_nonfinite_steps,
             nonfinite_streak: 0,
+            seed: exp.run.seed,
             device,
         })
     }
@@ -176,8 +179,63 @@ impl<B: AutodiffBackend> Replica<B> {
         &self.params
     }
 
+    /// Everything needed to continue after `steps_done` steps.
+    pub fn state(&self, steps_done: u64) -> TrainingState {
+        let (mean_square, velocity) = self.optimizer.state();
+        TrainingState {
+            step: steps_done,
+            params: self.params.clone(),
+            buffers: params::flatten_buffers(&self.model.valid()),
+            mean_square: mean_square.to_vec(),
+            velocity: velocity.to_vec(),
+            average: self
+                .average
+                .as_ref()
+                .map(|a| (a.updates(), a.values().to_vec())),
+            nonfinite_streak: self.nonfinite_streak,
+        }
+    }
+
+    /// Continues from a checkpointed state (the same on every rank).
+    pub fn restore(&mut self, state: TrainingState) -> anyhow::Result<()> {
+        let expected = (
+            self.params.len(),
+            params::flatten_buffers(&self.model.valid()).len(),
+        );
+        if (state.params.len(), state.buffers.len()) != expected {
+            bail!(
+                "checkpoint holds {} parameters and {} buffers, the model has {} and {}",
+                state.params.len(),
+                state.buffers.len(),
+                expected.0,
+                expected.1
+            );
+        }
+        self.optimizer
+            .restore(state.mean_square, state.velocity)
+            .map_err(anyhow::Error::msg)?;
+        match (&mut self.average, state.average) {
+            (Some(average), Some((updates, values))) => average.restore(updates, values),
+            (None, None) => {}
+            (Some(_), None) => {
+                bail!("the checkpoint has no weight average but train.ema_decay is set")
+            }
+            (None, Some(_)) => {
+                bail!("the checkpoint has a weight average but train.ema_decay is 0")
+            }
+        }
+        self.params = state.params;
+        self.nonfinite_streak = state.nonfinite_streak;
+        let model = params::load_params(self.model.clone(), &self.params);
+        self.model = params::load_buffers(model, &state.buffers);
+        Ok(())
+    }
+
     /// Runs optimizer step `step` (zero-based).
     pub fn step(&mut self, step: u64) -> anyhow::Result<StepStats> {
+        // Dropout draws from the backend RNG: seeding it per step makes a resumed run draw
+        // exactly what the uninterrupted run drew.
+        B::seed(&self.device, step_seed(self.seed, step, self.ring.rank()));
         let (mut data, mut compute) = (Duration::ZERO, Duration::ZERO);
         self.buffer.fill(0.0);
         let (grads_len, rank) = (self.params.len(), self.ring.rank());
@@ -283,6 +341,15 @@ impl<B: AutodiffBackend> Replica<B> {
             loss: f64::from(totals[3]) / f64::from(totals[2].max(1.0)),
         })
     }
+}
+
+/// A well-mixed seed for the backend RNG of one (run, step, rank).
+fn step_seed(seed: u64, step: u64, rank: usize) -> u64 {
+    let mut x = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rank as u64).rotate_left(32);
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Samples whose true class is among the `k` highest logits (ties count in the sample's favour).
