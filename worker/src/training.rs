@@ -90,7 +90,7 @@ pub fn run(
             bail!("stopped by the coordinator at step {step}");
         }
         let stats = replica.step(step)?;
-        if (step + 1) % exp.train.log_every == 0 || step + 1 == total {
+        if (step + 1).is_multiple_of(exp.train.log_every) || step + 1 == total {
             tracing::info!(
                 step = step + 1,
                 total,
@@ -107,7 +107,7 @@ pub fn run(
         if checkpoints.due(done, total) {
             let _ = reports.send(Report::Checkpoint(checkpoints.write(&replica, done)?));
         }
-        if exp.train.eval_every > 0 && done % exp.train.eval_every == 0 && done < total {
+        if exp.train.eval_every > 0 && done.is_multiple_of(exp.train.eval_every) && done < total {
             let eval = replica.evaluate()?;
             tracing::info!(
                 step = done,
@@ -134,7 +134,7 @@ struct Checkpointer<'a> {
 impl Checkpointer<'_> {
     /// Every `every` steps, and after the last step.
     fn due(&self, done: u64, total: u64) -> bool {
-        self.enabled && (done == total || (self.every > 0 && done % self.every == 0))
+        self.enabled && (done == total || (self.every > 0 && done.is_multiple_of(self.every)))
     }
 
     fn write(
