@@ -134,6 +134,8 @@ pub struct ModelSection {
     pub dropout: f64,
     /// PyTorch-style BatchNorm momentum; TF's decay 0.9997 is 0.0003.
     pub bn_momentum: f64,
+    /// TF-slim's auxiliary classifier on the 17×17 map (needs image_size ≥ 107).
+    pub aux_head: bool,
 }
 
 impl Default for ModelSection {
@@ -151,6 +153,7 @@ impl Default for ModelSection {
             final_block: true,
             dropout: 0.2,
             bn_momentum: 0.0003,
+            aux_head: false,
         }
     }
 }
@@ -240,6 +243,8 @@ pub struct OptimizerSection {
     pub decay: f64,
     /// RMSProp: added inside the square root (TF semantics; the paper uses 1.0).
     pub epsilon: f64,
+    /// SGD: Nesterov momentum.
+    pub nesterov: bool,
 }
 
 impl Default for OptimizerSection {
@@ -250,6 +255,7 @@ impl Default for OptimizerSection {
             momentum: 0.9,
             decay: 0.9,
             epsilon: 1.0,
+            nesterov: false,
         }
     }
 }
@@ -347,6 +353,8 @@ pub struct TrainSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
     pub label_smoothing: f64,
+    /// Weight of the auxiliary head's loss, when the model has one (the papers: 0.4).
+    pub aux_loss_weight: f64,
     /// L2 penalty on convolution and fully connected weights (not BatchNorm, not biases).
     pub weight_decay: f64,
     /// Global-norm clipping of the averaged gradient (0 = off; the paper uses 2.0).
@@ -372,6 +380,7 @@ impl Default for TrainSection {
             epochs: 1,
             max_steps: None,
             label_smoothing: 0.1,
+            aux_loss_weight: 0.4,
             weight_decay: 4e-5,
             clip_global_norm: 2.0,
             ema_decay: 0.9999,
@@ -476,7 +485,7 @@ impl Experiment {
             m.width.to_string(),
             "must be in (0, 4]",
         );
-        if let Err(rule) = crate::model::registry::check_image_size(&m.arch, m.image_size) {
+        if let Err(rule) = crate::model::registry::check_image_size(m) {
             check(false, "model.image_size", m.image_size.to_string(), &rule);
         }
         for (key, scale) in [
@@ -553,6 +562,12 @@ impl Experiment {
             "train.log_every",
             t.log_every.to_string(),
             "must be at least 1",
+        );
+        check(
+            t.aux_loss_weight >= 0.0 && t.aux_loss_weight.is_finite(),
+            "train.aux_loss_weight",
+            t.aux_loss_weight.to_string(),
+            "must be ≥ 0",
         );
         check(
             t.weight_decay >= 0.0 && t.weight_decay.is_finite(),

@@ -8,7 +8,7 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::pool::{AvgPool2d, MaxPool2d};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
@@ -48,6 +48,10 @@ pub struct InceptionResNetV2Config {
     /// PyTorch-style batch-norm momentum (TF decay 0.9997).
     #[config(default = 0.0003)]
     pub bn_momentum: f64,
+    /// Adds TF-slim's auxiliary classifier on the 17×17 map, its last convolution sized for
+    /// input side `Some(size)` (timm and Keras have no aux head: `None`).
+    #[config(default = "None")]
+    pub aux_head: Option<usize>,
 }
 
 /// `(kernel, stride)` of the valid-padded layers on the main path, input to output: the only
@@ -97,6 +101,9 @@ impl InceptionResNetV2Config {
         let block8 = self.final_block.then(|| b.block8(c8, 1.0, false));
         let conv2d_7b = b.conv(c8, Conv::pointwise(1536));
         let classif = LinearConfig::new(conv2d_7b.out_channels(), self.num_classes).init(device);
+        let aux_logits = self
+            .aux_head
+            .map(|size| b.aux_head(c17, aux_pool_side(size), self.num_classes));
 
         InceptionResNetV2 {
             conv2d_1a,
@@ -116,6 +123,7 @@ impl InceptionResNetV2Config {
             conv2d_7b,
             dropout: DropoutConfig::new(self.dropout).init(),
             classif,
+            aux_logits,
         }
     }
 
@@ -136,6 +144,21 @@ impl InceptionResNetV2Config {
                 "image size {size} is too small for Inception-ResNet-v2: the minimum is {min} \
                  (native resolution 299)"
             ));
+        }
+        if let Some(aux_size) = self.aux_head {
+            if aux_size != size {
+                return Err(format!(
+                    "the aux head is sized for {aux_size} px, the input is {size} px"
+                ));
+            }
+            let side = grid_17(size);
+            if side < AUX_POOL {
+                return Err(format!(
+                    "image size {size} leaves a {side}×{side} map for the aux head's \
+                     {AUX_POOL}×{AUX_POOL} pool: use at least {} px or no aux head",
+                    min_size_for_grid_17(AUX_POOL)
+                ));
+            }
         }
         Ok(())
     }
@@ -179,6 +202,54 @@ pub struct InceptionResNetV2<B: Backend> {
     pub dropout: Dropout,
     /// Classifier.
     pub classif: Linear<B>,
+    /// TF-slim's optional auxiliary classifier on the 17×17 map.
+    pub aux_logits: Option<AuxHead<B>>,
+}
+
+/// Side of the aux head's average pool (5×5, stride 3, valid).
+const AUX_POOL: usize = 5;
+
+/// Side of the 17×17-grid map (after Mixed_6a) for an input side.
+fn grid_17(size: usize) -> usize {
+    VALID_REDUCTIONS[..6]
+        .iter()
+        .fold(size, |side, &(kernel, stride)| {
+            side.saturating_sub(kernel) / stride + 1
+        })
+}
+
+/// Smallest input side whose 17×17-grid map is at least `side`.
+fn min_size_for_grid_17(side: usize) -> usize {
+    VALID_REDUCTIONS[..6]
+        .iter()
+        .rev()
+        .fold(side, |side, &(kernel, stride)| (side - 1) * stride + kernel)
+}
+
+/// Side of the aux head's map after its pool, for an input side (5 at 299).
+fn aux_pool_side(size: usize) -> usize {
+    grid_17(size).saturating_sub(AUX_POOL) / 3 + 1
+}
+
+/// TF-slim's `AuxLogits`: average pool 5×5/3 valid → 128 1×1 → 768 conv covering the whole
+/// remaining map (5×5 at 299) → fully connected.
+#[derive(Module, Debug)]
+pub struct AuxHead<B: Backend> {
+    pub pool: AvgPool2d,
+    pub conv2d_1b: ConvBn<B>,
+    pub conv2d_2a: ConvBn<B>,
+    pub logits: Linear<B>,
+}
+
+impl<B: Backend> AuxHead<B> {
+    /// The 17×17-grid features → auxiliary logits.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let x = self
+            .conv2d_2a
+            .forward(self.conv2d_1b.forward(self.pool.forward(x)));
+        let [n, c, h, w] = x.dims();
+        self.logits.forward(x.reshape([n, c * h * w]))
+    }
 }
 
 impl<B: Backend> InceptionResNetV2<B> {
@@ -188,6 +259,17 @@ impl<B: Backend> InceptionResNetV2<B> {
     /// [`InceptionResNetV2Config::check_image_size`]); 299 is the native resolution.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let [.., features] = self.forward_features(images);
+        self.classify(features)
+    }
+
+    /// Logits and, when the network has the aux head, the auxiliary logits (for training).
+    pub fn forward_with_aux(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+        let [_, grid_17, _, features] = self.forward_features(images);
+        let aux = self.aux_logits.as_ref().map(|head| head.forward(grid_17));
+        (self.classify(features), aux)
+    }
+
+    fn classify(&self, features: Tensor<B, 4>) -> Tensor<B, 2> {
         self.classif
             .forward(self.dropout.forward(global_avg_pool(features)))
     }
@@ -443,6 +525,20 @@ impl<B: Backend> Builder<'_, B> {
             .collect()
     }
 
+    fn aux_head(&self, c: usize, side: usize, num_classes: usize) -> AuxHead<B> {
+        let conv2d_1b = self.conv(c, Conv::pointwise(128));
+        let conv2d_2a = self.conv(conv2d_1b.out_channels(), Conv::valid(768, [side, side]));
+        let features = conv2d_2a.out_channels();
+        AuxHead {
+            pool: AvgPool2dConfig::new([AUX_POOL, AUX_POOL])
+                .with_strides([3, 3])
+                .init(),
+            conv2d_1b,
+            conv2d_2a,
+            logits: LinearConfig::new(features, num_classes).init(self.device),
+        }
+    }
+
     fn mixed_5b(&self, c: usize) -> Mixed5b<B> {
         Mixed5b {
             branch0: self.conv(c, Conv::pointwise(96)),
@@ -642,6 +738,38 @@ mod tests {
         assert!(config.check_image_size(75).is_ok());
         let err = config.check_image_size(74).unwrap_err();
         assert!(err.contains("minimum is 75"), "{err}");
+    }
+
+    #[test]
+    fn aux_head_follows_tf_slim() {
+        // Full width at 299: pool 17 → 5, then 1088→128 1×1, 128→768 5×5, 768→classes.
+        let plain = InceptionResNetV2Config::new(1001).init::<Flex>(&Default::default());
+        let with_aux = InceptionResNetV2Config::new(1001)
+            .with_aux_head(Some(299))
+            .init::<Flex>(&Default::default());
+        let aux_params = (1088 * 128 + 2 * 128) + (128 * 768 * 25 + 2 * 768) + (768 * 1001 + 1001);
+        assert_eq!(trainable_len(&with_aux), trainable_len(&plain) + aux_params);
+
+        // The smallest input the aux head accepts is 107 (its pool needs a 5×5 map).
+        let config = InceptionResNetV2Config::new(10)
+            .with_width(0.0625)
+            .with_blocks([1, 1, 1])
+            .with_aux_head(Some(107));
+        assert!(config.check_image_size(107).is_ok());
+        let small = config.clone().with_aux_head(Some(106));
+        let err = small.check_image_size(106).unwrap_err();
+        assert!(err.contains("at least 107"), "{err}");
+        assert!(
+            config
+                .check_image_size(299)
+                .unwrap_err()
+                .contains("sized for 107")
+        );
+
+        let model = config.init::<Ad>(&Default::default());
+        let (logits, aux) = model.forward_with_aux(images(2, 107));
+        assert_eq!(logits.dims(), [2, 10]);
+        assert_eq!(aux.expect("aux logits").dims(), [2, 10]);
     }
 
     #[test]

@@ -17,9 +17,9 @@ pub fn is_known(arch: &str) -> bool {
 }
 
 /// Checks that `image_size` survives every reduction of `arch`; the error names the minimum.
-pub fn check_image_size(arch: &str, image_size: usize) -> Result<(), String> {
-    match arch {
-        "inception_resnet_v2" => irv2_config(&ModelSection::default()).check_image_size(image_size),
+pub fn check_image_size(model: &ModelSection) -> Result<(), String> {
+    match model.arch.as_str() {
+        "inception_resnet_v2" => irv2_config(model).check_image_size(model.image_size),
         _ => Ok(()),
     }
 }
@@ -40,4 +40,5 @@ fn irv2_config(model: &ModelSection) -> InceptionResNetV2Config {
         .with_final_block(model.final_block)
         .with_dropout(model.dropout)
         .with_bn_momentum(model.bn_momentum)
+        .with_aux_head(model.aux_head.then_some(model.image_size))
 }

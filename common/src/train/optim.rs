@@ -19,8 +19,9 @@ pub enum UpdateRule {
         momentum: f32,
         epsilon: f32,
     },
-    /// SGD with momentum, dampening 0: `mom ← μ·mom + g`, `p ← p − lr·mom`.
-    Sgd { momentum: f32 },
+    /// SGD with momentum, dampening 0: `mom ← μ·mom + g`, `p ← p − lr·mom`; with Nesterov
+    /// (PyTorch's form) `p ← p − lr·(g + μ·mom)`.
+    Sgd { momentum: f32, nesterov: bool },
 }
 
 impl From<&OptimizerSection> for UpdateRule {
@@ -33,6 +34,7 @@ impl From<&OptimizerSection> for UpdateRule {
             },
             OptimizerKind::Sgd => UpdateRule::Sgd {
                 momentum: o.momentum as f32,
+                nesterov: o.nesterov,
             },
         }
     }
@@ -121,10 +123,11 @@ impl Optimizer {
                     *p -= *mom;
                 }
             }
-            UpdateRule::Sgd { momentum } => {
+            UpdateRule::Sgd { momentum, nesterov } => {
                 for ((p, g), mom) in params.iter_mut().zip(grads).zip(&mut self.velocity) {
                     *mom = momentum * *mom + g;
-                    *p -= lr * *mom;
+                    let direction = if nesterov { g + momentum * *mom } else { *mom };
+                    *p -= lr * direction;
                 }
             }
         }
@@ -170,7 +173,10 @@ mod tests {
     fn sgd_momentum_matches_by_hand() {
         // mom1 = 1, p = 1 − 0.1 = 0.9; mom2 = 0.9 + 1 = 1.9, p = 0.9 − 0.19 = 0.71
         let got = run(
-            UpdateRule::Sgd { momentum: 0.9 },
+            UpdateRule::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
             0.1,
             &[[1.0, 0.0], [1.0, 0.0]],
         );
@@ -178,8 +184,24 @@ mod tests {
     }
 
     #[test]
+    fn nesterov_sgd_matches_by_hand() {
+        // mom1 = 1, p = 1 − 0.1·(1 + 0.9·1) = 0.81;
+        // mom2 = 1.9, p = 0.81 − 0.1·(1 + 0.9·1.9) = 0.539
+        let rule = UpdateRule::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        };
+        let got = run(rule, 0.1, &[[1.0, 0.0], [1.0, 0.0]]);
+        assert!((got[0] - 0.539).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
     fn weight_decay_applies_only_to_decayed_ranges() {
-        let opt = Optimizer::new(UpdateRule::Sgd { momentum: 0.0 }, 0.5, vec![1..2, 2..3], 4);
+        let rule = UpdateRule::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+        };
+        let opt = Optimizer::new(rule, 0.5, vec![1..2, 2..3], 4);
         let params = [2.0, 2.0, -4.0, 2.0];
         let mut grads = [0.0; 4];
         opt.add_weight_decay(&params, &mut grads);

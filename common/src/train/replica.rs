@@ -83,6 +83,7 @@ pub struct Replica<B: AutodiffBackend> {
     batch_size: usize,
     val_samples: usize,
     clip_norm: f64,
+    aux_loss_weight: f64,
     max_nonfinite: u32,
     nonfinite_streak: u32,
     seed: u64,
@@ -159,6 +160,7 @@ impl<B: AutodiffBackend> Replica<B> {
             batch_size: train.batch_size,
             val_samples: exp.data.val_samples,
             clip_norm: train.clip_global_norm,
+            aux_loss_weight: train.aux_loss_weight,
             max_nonfinite: train.max_nonfinite_steps,
             nonfinite_streak: 0,
             seed: exp.run.seed,
@@ -249,8 +251,12 @@ impl<B: AutodiffBackend> Replica<B> {
             data += started.elapsed();
 
             let started = Instant::now();
-            let logits = self.model.forward(inputs);
-            let loss = self.loss.forward(logits, targets);
+            let (logits, aux) = self.model.forward_with_aux(inputs);
+            let mut loss = self.loss.forward(logits, targets.clone());
+            if let Some(aux) = aux {
+                let aux_loss = self.loss.forward(aux, targets);
+                loss = loss.add(aux_loss.mul_scalar(self.aux_loss_weight));
+            }
             self.buffer[grads_len] += loss.clone().into_scalar().elem::<f32>();
             let grads = loss.backward();
             params::accumulate_grads(&self.model, &grads, &mut self.buffer[..grads_len]);
