@@ -49,6 +49,7 @@ noise = 0.3
 batch_size = 8
 epochs = 2
 log_every = 4
+eval_every = 16
 [train.optimizer]
 learning_rate = 0.01
 [train.schedule]
@@ -425,13 +426,34 @@ fn interrupted_run_resumes_with_identical_losses() {
         committed.len() <= 2 && committed.contains(&16),
         "{committed:?}"
     );
+    // Damage the newest checkpoint: resuming must fall back to the one before it.
+    let newest: String = fx
+        .db()
+        .query_row(
+            "SELECT path FROM checkpoints ORDER BY step DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let params = Path::new(&newest).join("params.f32");
+    let mut bytes = std::fs::read(&params).unwrap();
+    bytes[7] ^= 0x40;
+    std::fs::write(&params, bytes).unwrap();
 
     let mut cmd = fx.coordinator(&["launch", "--resume", &run_id]);
     cmd.current_dir(fx.dir.path());
     let out = run_with_limit(cmd, Duration::from_secs(300));
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("resuming from step"), "{stdout}");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let older = committed.iter().rev().nth(1).copied().unwrap_or(0);
+    assert!(
+        stdout.contains(&format!("resuming from step {older} ")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("unusable") && stderr.contains("CRC-32C"),
+        "{stderr}"
+    );
 
     // Every step, before and after the interruption, has the uninterrupted run's loss.
     assert_eq!(losses(&fx), expected);
