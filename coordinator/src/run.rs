@@ -177,7 +177,7 @@ fn prepare_new(
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let store = Store::open(&state_dir.join(DATABASE))?;
     let run_id = new_run_id(&exp.run.name);
-    let run_dir = state_dir.join(&run_id);
+    let run_dir = run_dir(state_dir, &run_id)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
     let resolved = exp.to_toml();
@@ -243,10 +243,16 @@ fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
         store,
         exp,
         run_id: run_id.to_string(),
-        run_dir: state_dir.join(run_id),
+        run_dir: run_dir(state_dir, run_id)?,
         resolved,
         resume_from: Some(resume_from),
     })
+}
+
+/// The run's folder, absolute: workers (possibly elsewhere) write checkpoints into it.
+fn run_dir(state_dir: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
+    std::path::absolute(state_dir.join(run_id))
+        .with_context(|| format!("resolving the state directory {}", state_dir.display()))
 }
 
 /// Fails before any worker starts when a dataset folder is missing.
