@@ -412,81 +412,43 @@ impl Experiment {
 
     /// Checks every value; returns all problems, each naming its key.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
-        let mut problems = ValidationErrors::default();
-        let mut check = |ok: bool, key: &str, value: String, rule: &str| {
-            if !ok {
-                problems.0.push(Problem {
-                    key: key.into(),
-                    value,
-                    rule: rule.into(),
-                });
-            }
-        };
+        let mut check = Checker::default();
         let c = &self.cluster;
-        check(
-            c.world_size >= 1,
-            "cluster.world_size",
-            c.world_size.to_string(),
-            "must be at least 1",
-        );
-        check(
+        check.at_least("cluster.world_size", c.world_size, 1);
+        check.require(
             c.bind.parse::<std::net::SocketAddr>().is_ok(),
             "cluster.bind",
             format!("{:?}", c.bind),
             "must be an address like 127.0.0.1:0",
         );
-        check(
-            c.join_timeout_s >= 1,
-            "cluster.join_timeout_s",
-            c.join_timeout_s.to_string(),
-            "must be at least 1",
-        );
-        check(
-            c.heartbeat_interval_ms >= 10,
-            "cluster.heartbeat_interval_ms",
-            c.heartbeat_interval_ms.to_string(),
-            "must be at least 10",
-        );
-        check(
+        check.at_least("cluster.join_timeout_s", c.join_timeout_s, 1);
+        check.at_least("cluster.heartbeat_interval_ms", c.heartbeat_interval_ms, 10);
+        check.require(
             c.heartbeat_timeout_s * 1000 > c.heartbeat_interval_ms,
             "cluster.heartbeat_timeout_s",
-            c.heartbeat_timeout_s.to_string(),
+            c.heartbeat_timeout_s,
             "must exceed the heartbeat interval",
         );
-        check(
-            c.collective_timeout_s >= 1,
-            "cluster.collective_timeout_s",
-            c.collective_timeout_s.to_string(),
-            "must be at least 1",
-        );
-        check(
-            c.threads_per_worker >= 1,
-            "cluster.threads_per_worker",
-            c.threads_per_worker.to_string(),
-            "must be at least 1",
-        );
+        check.at_least("cluster.collective_timeout_s", c.collective_timeout_s, 1);
+        check.at_least("cluster.threads_per_worker", c.threads_per_worker, 1);
 
         let m = &self.model;
-        check(
+        let archs = crate::model::registry::ARCHS;
+        check.require(
             crate::model::registry::is_known(&m.arch),
             "model.arch",
             format!("{:?}", m.arch),
-            &format!("must be one of {:?}", crate::model::registry::ARCHS),
+            format!("must be one of {archs:?}"),
         );
-        check(
-            m.num_classes >= 2,
-            "model.num_classes",
-            m.num_classes.to_string(),
-            "must be at least 2",
-        );
-        check(
+        check.at_least("model.num_classes", m.num_classes, 2);
+        check.require(
             m.width > 0.0 && m.width <= 4.0,
             "model.width",
-            m.width.to_string(),
+            m.width,
             "must be in (0, 4]",
         );
         if let Err(rule) = crate::model::registry::check_image_size(m) {
-            check(false, "model.image_size", m.image_size.to_string(), &rule);
+            check.require(false, "model.image_size", m.image_size, rule);
         }
         for (key, scale) in [
             ("model.residual_scale", m.residual_scale),
@@ -495,161 +457,56 @@ impl Experiment {
             ("model.residual_scale_c", m.residual_scale_c),
         ] {
             if let Some(scale) = scale {
-                check(
-                    scale >= 0.0 && scale.is_finite(),
-                    key,
-                    scale.to_string(),
-                    "must be a finite number ≥ 0",
-                );
+                check.non_negative(key, scale);
             }
         }
-        check(
-            (0.0..1.0).contains(&m.dropout),
-            "model.dropout",
-            m.dropout.to_string(),
-            "must be in [0, 1)",
-        );
-        check(
-            m.bn_momentum > 0.0 && m.bn_momentum <= 1.0,
-            "model.bn_momentum",
-            m.bn_momentum.to_string(),
-            "must be in (0, 1]",
-        );
+        check.fraction("model.dropout", m.dropout);
+        check.rate("model.bn_momentum", m.bn_momentum);
 
         let d = &self.data;
         if d.source == DataSource::Imagenet {
-            check(
+            check.require(
                 d.path.is_some(),
                 "data.path",
-                "(unset)".into(),
+                "(unset)",
                 "is required when data.source = \"imagenet\"",
             );
         }
-        check(
-            d.noise >= 0.0 && d.noise.is_finite(),
-            "data.noise",
-            d.noise.to_string(),
-            "must be ≥ 0",
-        );
-        check(
-            d.val_samples >= 1,
-            "data.val_samples",
-            d.val_samples.to_string(),
-            "must be at least 1",
-        );
+        check.non_negative("data.noise", d.noise);
+        check.at_least("data.val_samples", d.val_samples, 1);
 
         let t = &self.train;
-        check(
-            t.batch_size >= 1,
-            "train.batch_size",
-            t.batch_size.to_string(),
-            "must be at least 1",
-        );
-        check(
-            t.accumulate >= 1,
-            "train.accumulate",
-            t.accumulate.to_string(),
-            "must be at least 1",
-        );
-        check(
-            t.epochs >= 1,
-            "train.epochs",
-            t.epochs.to_string(),
-            "must be at least 1",
-        );
-        check(
-            t.log_every >= 1,
-            "train.log_every",
-            t.log_every.to_string(),
-            "must be at least 1",
-        );
-        check(
-            t.aux_loss_weight >= 0.0 && t.aux_loss_weight.is_finite(),
-            "train.aux_loss_weight",
-            t.aux_loss_weight.to_string(),
-            "must be ≥ 0",
-        );
-        check(
-            t.weight_decay >= 0.0 && t.weight_decay.is_finite(),
-            "train.weight_decay",
-            t.weight_decay.to_string(),
-            "must be ≥ 0",
-        );
-        check(
-            t.clip_global_norm >= 0.0 && t.clip_global_norm.is_finite(),
-            "train.clip_global_norm",
-            t.clip_global_norm.to_string(),
-            "must be ≥ 0 (0 = off)",
-        );
-        check(
-            (0.0..1.0).contains(&t.ema_decay),
-            "train.ema_decay",
-            t.ema_decay.to_string(),
-            "must be in [0, 1) (0 = off)",
-        );
-        check(
-            t.max_nonfinite_steps >= 1,
-            "train.max_nonfinite_steps",
-            t.max_nonfinite_steps.to_string(),
-            "must be at least 1",
-        );
-        check(
-            (0.0..1.0).contains(&t.label_smoothing),
-            "train.label_smoothing",
-            t.label_smoothing.to_string(),
-            "must be in [0, 1)",
-        );
+        check.at_least("train.batch_size", t.batch_size, 1);
+        check.at_least("train.accumulate", t.accumulate, 1);
+        check.at_least("train.epochs", t.epochs, 1);
+        check.at_least("train.log_every", t.log_every, 1);
+        check.non_negative("train.aux_loss_weight", t.aux_loss_weight);
+        check.non_negative("train.weight_decay", t.weight_decay);
+        check.non_negative("train.clip_global_norm", t.clip_global_norm);
+        check.fraction("train.ema_decay", t.ema_decay);
+        check.at_least("train.max_nonfinite_steps", t.max_nonfinite_steps, 1);
+        check.fraction("train.label_smoothing", t.label_smoothing);
         if t.batch_size >= 1 && t.accumulate >= 1 && c.world_size >= 1 {
-            check(
+            check.require(
                 self.steps_per_epoch() >= 1,
                 "data.train_samples",
-                d.train_samples.to_string(),
-                &format!(
+                d.train_samples,
+                format!(
                     "must hold at least one global batch ({} images)",
                     self.global_batch()
                 ),
             );
         }
         let o = &t.optimizer;
-        check(
-            o.learning_rate > 0.0 && o.learning_rate.is_finite(),
-            "train.optimizer.learning_rate",
-            o.learning_rate.to_string(),
-            "must be > 0",
-        );
-        check(
-            (0.0..1.0).contains(&o.momentum),
-            "train.optimizer.momentum",
-            o.momentum.to_string(),
-            "must be in [0, 1)",
-        );
-        check(
-            (0.0..1.0).contains(&o.decay),
-            "train.optimizer.decay",
-            o.decay.to_string(),
-            "must be in [0, 1)",
-        );
-        check(
-            o.epsilon > 0.0,
-            "train.optimizer.epsilon",
-            o.epsilon.to_string(),
-            "must be > 0",
-        );
+        check.positive("train.optimizer.learning_rate", o.learning_rate);
+        check.fraction("train.optimizer.momentum", o.momentum);
+        check.fraction("train.optimizer.decay", o.decay);
+        check.positive("train.optimizer.epsilon", o.epsilon);
         let s = &t.schedule;
-        check(
-            s.decay_rate > 0.0 && s.decay_rate <= 1.0,
-            "train.schedule.decay_rate",
-            s.decay_rate.to_string(),
-            "must be in (0, 1]",
-        );
-        check(
-            s.decay_epochs > 0.0,
-            "train.schedule.decay_epochs",
-            s.decay_epochs.to_string(),
-            "must be > 0",
-        );
+        check.rate("train.schedule.decay_rate", s.decay_rate);
+        check.positive("train.schedule.decay_epochs", s.decay_epochs);
         if s.kind == ScheduleKind::Step {
-            check(
+            check.require(
                 s.milestones_are_valid(),
                 "train.schedule.milestones",
                 format!("{:?}", s.milestones),
@@ -657,40 +514,19 @@ impl Experiment {
             );
         }
         if s.warmup != WarmupKind::None {
-            check(
+            check.require(
                 s.warmup_steps >= 1,
                 "train.schedule.warmup_steps",
-                s.warmup_steps.to_string(),
+                s.warmup_steps,
                 "must be at least 1 when train.schedule.warmup is not \"none\"",
             );
         }
-        check(
-            s.warmup_factor > 0.0 && s.warmup_factor <= 1.0,
-            "train.schedule.warmup_factor",
-            s.warmup_factor.to_string(),
-            "must be in (0, 1]",
-        );
+        check.rate("train.schedule.warmup_factor", s.warmup_factor);
         if let Some(reference) = s.reference_batch {
-            check(
-                reference >= 1,
-                "train.schedule.reference_batch",
-                reference.to_string(),
-                "must be at least 1",
-            );
+            check.at_least("train.schedule.reference_batch", reference, 1);
         }
-
-        check(
-            self.checkpoint.keep >= 1,
-            "checkpoint.keep",
-            self.checkpoint.keep.to_string(),
-            "must be at least 1",
-        );
-
-        if problems.0.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        check.at_least("checkpoint.keep", self.checkpoint.keep, 1);
+        check.finish()
     }
 
     /// The resolved experiment as TOML: what workers receive and what the run directory keeps.
@@ -718,6 +554,55 @@ pub struct Problem {
     pub key: String,
     pub value: String,
     pub rule: String,
+}
+
+/// Collects the problems of one validation; each method checks one rule and names the key.
+#[derive(Default)]
+struct Checker(Vec<Problem>);
+
+impl Checker {
+    fn require(&mut self, ok: bool, key: &str, value: impl fmt::Display, rule: impl Into<String>) {
+        if !ok {
+            self.0.push(Problem {
+                key: key.into(),
+                value: value.to_string(),
+                rule: rule.into(),
+            });
+        }
+    }
+
+    fn at_least<T: PartialOrd + fmt::Display>(&mut self, key: &str, value: T, min: T) {
+        let rule = format!("must be at least {min}");
+        self.require(value >= min, key, value, rule);
+    }
+
+    fn non_negative(&mut self, key: &str, value: f64) {
+        let ok = value >= 0.0 && value.is_finite();
+        self.require(ok, key, value, "must be a finite number ≥ 0");
+    }
+
+    fn positive(&mut self, key: &str, value: f64) {
+        let ok = value > 0.0 && value.is_finite();
+        self.require(ok, key, value, "must be a finite number > 0");
+    }
+
+    /// In [0, 1).
+    fn fraction(&mut self, key: &str, value: f64) {
+        self.require((0.0..1.0).contains(&value), key, value, "must be in [0, 1)");
+    }
+
+    /// In (0, 1].
+    fn rate(&mut self, key: &str, value: f64) {
+        self.require(value > 0.0 && value <= 1.0, key, value, "must be in (0, 1]");
+    }
+
+    fn finish(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(self.0))
+        }
+    }
 }
 
 /// Every invalid value of an experiment.

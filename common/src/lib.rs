@@ -7,6 +7,7 @@ pub mod collective;
 pub mod config;
 pub mod data;
 pub mod fsutil;
+pub mod logging;
 pub mod model;
 pub mod proto;
 pub mod train;

@@ -7,7 +7,6 @@ mod run;
 mod service;
 mod store;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,13 +61,7 @@ fn main() -> ExitCode {
     if let Command::Worker(args) = cli.command {
         return incept_worker::main_with(args);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    incept_common::logging::init("warn");
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {

@@ -7,7 +7,6 @@
 mod session;
 mod training;
 
-use std::io::IsTerminal;
 use std::net::TcpListener;
 use std::process::ExitCode;
 
@@ -36,13 +35,7 @@ pub struct WorkerArgs {
 
 /// Runs a worker process to completion: sets up logging, joins, trains, reports.
 pub fn main_with(args: WorkerArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    incept_common::logging::init("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
