@@ -9,13 +9,13 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::layers::{
-    ConvBn, ConvBnConfig, avg_pool_3x3_same, conv2d, global_avg_pool, max_pool_3x3_s2,
-    up_projection,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, conv2d, global_avg_pool,
+    linear, max_pool_3x3_s2, up_projection,
 };
 
 /// Hyper-parameters of [`InceptionResNetV2`]; the defaults are TF-slim's.
@@ -78,17 +78,20 @@ impl InceptionResNetV2Config {
             self.width
         );
         let b = Builder::<B> {
-            width: self.width,
-            bn_momentum: self.bn_momentum,
-            device,
+            f: ConvFactory {
+                width: self.width,
+                bn_momentum: self.bn_momentum,
+                conv_bias: false,
+                device,
+            },
         };
         let [n35, n17, n8] = self.blocks;
 
-        let conv2d_1a = b.conv(3, Conv::reduce(32));
-        let conv2d_2a = b.conv(conv2d_1a.out_channels(), Conv::valid(32, [3, 3]));
-        let conv2d_2b = b.conv(conv2d_2a.out_channels(), Conv::same(64, [3, 3]));
-        let conv2d_3b = b.conv(conv2d_2b.out_channels(), Conv::pointwise(80));
-        let conv2d_4a = b.conv(conv2d_3b.out_channels(), Conv::valid(192, [3, 3]));
+        let conv2d_1a = b.f.conv(3, Conv::reduce(32));
+        let conv2d_2a = b.f.conv(conv2d_1a.out_channels(), Conv::valid(32, [3, 3]));
+        let conv2d_2b = b.f.conv(conv2d_2a.out_channels(), Conv::same(64, [3, 3]));
+        let conv2d_3b = b.f.conv(conv2d_2b.out_channels(), Conv::pointwise(80));
+        let conv2d_4a = b.f.conv(conv2d_3b.out_channels(), Conv::valid(192, [3, 3]));
         let mixed_5b = b.mixed_5b(conv2d_4a.out_channels());
         let c35 = mixed_5b.out_channels();
         let repeat = (0..n35).map(|_| b.block35(c35, self.scale_a)).collect();
@@ -99,7 +102,7 @@ impl InceptionResNetV2Config {
         let c8 = mixed_7a.out_channels(c17);
         let repeat_2 = (0..n8).map(|_| b.block8(c8, self.scale_c, true)).collect();
         let block8 = self.final_block.then(|| b.block8(c8, 1.0, false));
-        let conv2d_7b = b.conv(c8, Conv::pointwise(1536));
+        let conv2d_7b = b.f.conv(c8, Conv::pointwise(1536));
         let classif = LinearConfig::new(conv2d_7b.out_channels(), self.num_classes).init(device);
         let aux_logits = self
             .aux_head
@@ -248,7 +251,7 @@ impl<B: Backend> AuxHead<B> {
             .conv2d_2a
             .forward(self.conv2d_1b.forward(self.pool.forward(x)));
         let [n, c, h, w] = x.dims();
-        self.logits.forward(x.reshape([n, c * h * w]))
+        linear(&self.logits, x.reshape([n, c * h * w]))
     }
 }
 
@@ -270,8 +273,10 @@ impl<B: Backend> InceptionResNetV2<B> {
     }
 
     fn classify(&self, features: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.classif
-            .forward(self.dropout.forward(global_avg_pool(features)))
+        linear(
+            &self.classif,
+            self.dropout.forward(global_avg_pool(features)),
+        )
     }
 
     /// The four stage outputs, for feature extraction and shape checks: at 299 they are
@@ -442,92 +447,17 @@ fn run_blocks<B: Backend>(blocks: &[ResidualBlock<B>], x: Tensor<B, 4>) -> Tenso
     blocks.iter().fold(x, |x, block| block.forward(x))
 }
 
-/// Output channels of a (non-empty) branch.
-fn chain_out_channels<B: Backend>(chain: &[ConvBn<B>]) -> usize {
-    chain.last().map_or(0, ConvBn::out_channels)
-}
-
-/// One convolution of the TF-slim definition, with its unscaled output channels.
-struct Conv {
-    out: usize,
-    kernel: [usize; 2],
-    stride: usize,
-    padding: PaddingConfig2d,
-}
-
-impl Conv {
-    /// Stride 1, same padding: every non-reducing conv inside the blocks.
-    const fn same(out: usize, kernel: [usize; 2]) -> Self {
-        Self {
-            out,
-            kernel,
-            stride: 1,
-            padding: PaddingConfig2d::Same,
-        }
-    }
-
-    /// 1×1 (padding is irrelevant).
-    const fn pointwise(out: usize) -> Self {
-        Self::same(out, [1, 1])
-    }
-
-    /// Stride 1, valid padding: the stem's shrinking 3×3s.
-    const fn valid(out: usize, kernel: [usize; 2]) -> Self {
-        Self {
-            out,
-            kernel,
-            stride: 1,
-            padding: PaddingConfig2d::Valid,
-        }
-    }
-
-    /// 3×3 stride 2 valid: the grid reductions.
-    const fn reduce(out: usize) -> Self {
-        Self {
-            out,
-            kernel: [3, 3],
-            stride: 2,
-            padding: PaddingConfig2d::Valid,
-        }
-    }
-}
-
-/// Turns the TF-slim channel plan into modules, applying the width multiplier once, here.
+/// Turns the TF-slim channel plan of Inception-ResNet-v2 into modules.
 struct Builder<'a, B: Backend> {
-    width: f64,
-    bn_momentum: f64,
-    device: &'a B::Device,
+    f: ConvFactory<'a, B>,
 }
 
 impl<B: Backend> Builder<'_, B> {
-    fn channels(&self, c: usize) -> usize {
-        ((c as f64 * self.width).round() as usize).max(1)
-    }
-
-    fn conv(&self, in_channels: usize, spec: Conv) -> ConvBn<B> {
-        ConvBnConfig::new([in_channels, self.channels(spec.out)], spec.kernel)
-            .with_stride(spec.stride)
-            .with_padding(spec.padding)
-            .with_bn_momentum(self.bn_momentum)
-            .init(self.device)
-    }
-
-    /// A branch: each conv reads the previous one's output.
-    fn chain<const N: usize>(&self, in_channels: usize, specs: [Conv; N]) -> Vec<ConvBn<B>> {
-        let mut channels = in_channels;
-        specs
-            .into_iter()
-            .map(|spec| {
-                let conv = self.conv(channels, spec);
-                channels = conv.out_channels();
-                conv
-            })
-            .collect()
-    }
-
     fn aux_head(&self, c: usize, side: usize, num_classes: usize) -> AuxHead<B> {
-        let conv2d_1b = self.conv(c, Conv::pointwise(128));
-        let conv2d_2a = self.conv(conv2d_1b.out_channels(), Conv::valid(768, [side, side]));
+        let conv2d_1b = self.f.conv(c, Conv::pointwise(128));
+        let conv2d_2a = self
+            .f
+            .conv(conv2d_1b.out_channels(), Conv::valid(768, [side, side]));
         let features = conv2d_2a.out_channels();
         AuxHead {
             pool: AvgPool2dConfig::new([AUX_POOL, AUX_POOL])
@@ -535,15 +465,17 @@ impl<B: Backend> Builder<'_, B> {
                 .init(),
             conv2d_1b,
             conv2d_2a,
-            logits: LinearConfig::new(features, num_classes).init(self.device),
+            logits: LinearConfig::new(features, num_classes).init(self.f.device),
         }
     }
 
     fn mixed_5b(&self, c: usize) -> Mixed5b<B> {
         Mixed5b {
-            branch0: self.conv(c, Conv::pointwise(96)),
-            branch1: self.chain(c, [Conv::pointwise(48), Conv::same(64, [5, 5])]),
-            branch2: self.chain(
+            branch0: self.f.conv(c, Conv::pointwise(96)),
+            branch1: self
+                .f
+                .chain(c, [Conv::pointwise(48), Conv::same(64, [5, 5])]),
+            branch2: self.f.chain(
                 c,
                 [
                     Conv::pointwise(64),
@@ -551,14 +483,14 @@ impl<B: Backend> Builder<'_, B> {
                     Conv::same(96, [3, 3]),
                 ],
             ),
-            branch3: (avg_pool_3x3_same(), self.conv(c, Conv::pointwise(64))),
+            branch3: (avg_pool_3x3_same(), self.f.conv(c, Conv::pointwise(64))),
         }
     }
 
     fn mixed_6a(&self, c: usize) -> Mixed6a<B> {
         Mixed6a {
-            branch0: self.conv(c, Conv::reduce(384)),
-            branch1: self.chain(
+            branch0: self.f.conv(c, Conv::reduce(384)),
+            branch1: self.f.chain(
                 c,
                 [
                     Conv::pointwise(256),
@@ -572,9 +504,9 @@ impl<B: Backend> Builder<'_, B> {
 
     fn mixed_7a(&self, c: usize) -> Mixed7a<B> {
         Mixed7a {
-            branch0: self.chain(c, [Conv::pointwise(256), Conv::reduce(384)]),
-            branch1: self.chain(c, [Conv::pointwise(256), Conv::reduce(288)]),
-            branch2: self.chain(
+            branch0: self.f.chain(c, [Conv::pointwise(256), Conv::reduce(384)]),
+            branch1: self.f.chain(c, [Conv::pointwise(256), Conv::reduce(288)]),
+            branch2: self.f.chain(
                 c,
                 [
                     Conv::pointwise(256),
@@ -587,9 +519,11 @@ impl<B: Backend> Builder<'_, B> {
     }
 
     fn block35(&self, c: usize, scale: f64) -> Block35<B> {
-        let branch0 = self.conv(c, Conv::pointwise(32));
-        let branch1 = self.chain(c, [Conv::pointwise(32), Conv::same(32, [3, 3])]);
-        let branch2 = self.chain(
+        let branch0 = self.f.conv(c, Conv::pointwise(32));
+        let branch1 = self
+            .f
+            .chain(c, [Conv::pointwise(32), Conv::same(32, [3, 3])]);
+        let branch2 = self.f.chain(
             c,
             [
                 Conv::pointwise(32),
@@ -601,8 +535,8 @@ impl<B: Backend> Builder<'_, B> {
     }
 
     fn block17(&self, c: usize, scale: f64) -> Block17<B> {
-        let branch0 = self.conv(c, Conv::pointwise(192));
-        let branch1 = self.chain(
+        let branch0 = self.f.conv(c, Conv::pointwise(192));
+        let branch1 = self.f.chain(
             c,
             [
                 Conv::pointwise(128),
@@ -614,8 +548,8 @@ impl<B: Backend> Builder<'_, B> {
     }
 
     fn block8(&self, c: usize, scale: f64, relu: bool) -> Block8<B> {
-        let branch0 = self.conv(c, Conv::pointwise(192));
-        let branch1 = self.chain(
+        let branch0 = self.f.conv(c, Conv::pointwise(192));
+        let branch1 = self.f.chain(
             c,
             [
                 Conv::pointwise(192),
@@ -639,7 +573,7 @@ impl<B: Backend> Builder<'_, B> {
         let concat =
             branch0.out_channels() + chain_out_channels(&branch1) + chain_out_channels(&branch2);
         ResidualBlock {
-            conv2d: up_projection([concat, c], self.device),
+            conv2d: up_projection([concat, c], self.f.device),
             branch0,
             branch1,
             branch2,
@@ -652,6 +586,7 @@ impl<B: Backend> Builder<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
@@ -676,6 +611,14 @@ mod tests {
             // burn's own count includes the 2 × 30,272 batch-norm running statistics.
             assert_eq!(model.num_params(), expected + 2 * 30_272);
         }
+    }
+
+    #[test]
+    fn macs_match_the_reference_at_native_resolution() {
+        // REFERENCES.md: 13,155,794,016 conv+FC MACs at 299 (1000 classes), batch 1.
+        let model = InceptionResNetV2Config::new(1000).init::<Flex>(&Default::default());
+        let (_, macs) = count_macs(|| model.forward(images(1, 299)));
+        assert_eq!(macs, 13_155_794_016);
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! and the generic 1×1 convolution backward far slower than row-wise ops and matmuls
 //! (shared/DESIGN.md, "Dependencies"), and these two ops dominate an Inception training step.
 
+use std::cell::Cell;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -34,15 +36,19 @@ pub struct ConvBnConfig {
     /// TF-slim's batch-norm epsilon (not PyTorch's 1e-5).
     #[config(default = 1e-3)]
     pub bn_epsilon: f64,
+    /// A bias on the convolution too (the Caffe-port BN-Inception layout; TF-slim has none).
+    #[config(default = false)]
+    pub conv_bias: bool,
 }
 
 impl ConvBnConfig {
-    /// Builds the block: a bias-free `Conv2d` (batch norm's beta is the bias) and a `BatchNorm`.
+    /// Builds the block: a `Conv2d` (bias-free unless `conv_bias`: batch norm's beta is the
+    /// bias) and a `BatchNorm`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> ConvBn<B> {
         let conv = Conv2dConfig::new(self.channels, self.kernel_size)
             .with_stride([self.stride; 2])
             .with_padding(self.padding.clone())
-            .with_bias(false)
+            .with_bias(self.conv_bias)
             .init(device);
         let bn = BatchNormConfig::new(self.channels[1])
             .with_epsilon(self.bn_epsilon)
@@ -124,6 +130,46 @@ impl<B: Backend> ConvBn<B> {
 ///
 /// Takes burn's `Conv2d` so the parameters (and the checkpoint layout) stay burn's.
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let y = conv2d_uncounted(conv, x);
+    if MACS.get().is_some() {
+        let [n, c_out, h, w] = y.dims();
+        let [_, c_in_per_group, kh, kw] = conv.weight.dims();
+        add_macs((n * c_out * h * w * c_in_per_group * kh * kw) as u64);
+    }
+    y
+}
+
+/// A fully connected layer (counted by [`count_macs`]).
+pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [n, _] = x.dims();
+    let [inputs, outputs] = layer.weight.dims();
+    add_macs((n * inputs * outputs) as u64);
+    layer.forward(x)
+}
+
+thread_local! {
+    /// Multiply-accumulates of the [`count_macs`] call running on this thread, if any.
+    static MACS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+fn add_macs(macs: u64) {
+    MACS.with(|m| {
+        if let Some(total) = m.get() {
+            m.set(Some(total + macs));
+        }
+    });
+}
+
+/// Runs `forward` and returns its result with the multiply-accumulates of every convolution
+/// and fully connected layer it ran through [`conv2d`] and [`linear`] (pools, batch norm and
+/// additions are not counted, as in the published conv+FC MAC figures).
+pub fn count_macs<T>(forward: impl FnOnce() -> T) -> (T, u64) {
+    MACS.set(Some(0));
+    let out = forward();
+    (out, MACS.take().unwrap_or(0))
+}
+
+fn conv2d_uncounted<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let pointwise = conv.kernel_size == [1, 1]
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
@@ -175,6 +221,97 @@ pub fn avg_pool_3x3_same() -> AvgPool2d {
 pub fn global_avg_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n * c, h * w]).mean_dim(1).reshape([n, c])
+}
+
+/// Output channels of a (non-empty) branch.
+pub fn chain_out_channels<B: Backend>(chain: &[ConvBn<B>]) -> usize {
+    chain.last().map_or(0, ConvBn::out_channels)
+}
+
+/// One convolution of the TF-slim definition, with its unscaled output channels.
+pub struct Conv {
+    pub out: usize,
+    pub kernel: [usize; 2],
+    pub stride: usize,
+    pub padding: PaddingConfig2d,
+}
+
+impl Conv {
+    /// Stride 1, same padding: every non-reducing conv inside the blocks.
+    pub const fn same(out: usize, kernel: [usize; 2]) -> Self {
+        Self {
+            out,
+            kernel,
+            stride: 1,
+            padding: PaddingConfig2d::Same,
+        }
+    }
+
+    /// 1×1 (padding is irrelevant).
+    pub const fn pointwise(out: usize) -> Self {
+        Self::same(out, [1, 1])
+    }
+
+    /// Stride 1, valid padding: the stem's shrinking 3×3s.
+    pub const fn valid(out: usize, kernel: [usize; 2]) -> Self {
+        Self {
+            out,
+            kernel,
+            stride: 1,
+            padding: PaddingConfig2d::Valid,
+        }
+    }
+
+    /// 3×3 stride 2 valid: the grid reductions.
+    pub const fn reduce(out: usize) -> Self {
+        Self {
+            out,
+            kernel: [3, 3],
+            stride: 2,
+            padding: PaddingConfig2d::Valid,
+        }
+    }
+}
+
+/// Turns a TF-slim channel plan into [`ConvBn`] modules, applying the width multiplier once,
+/// here, so every family shares one rounding rule.
+pub struct ConvFactory<'a, B: Backend> {
+    /// Channel multiplier: `c` becomes `max(1, round(c · width))`.
+    pub width: f64,
+    pub bn_momentum: f64,
+    /// Convolutions with a bias (Caffe-port BN-Inception only).
+    pub conv_bias: bool,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> ConvFactory<'_, B> {
+    /// A channel count after the width multiplier.
+    pub fn channels(&self, c: usize) -> usize {
+        ((c as f64 * self.width).round() as usize).max(1)
+    }
+
+    /// One conv-BN-ReLU reading `in_channels`.
+    pub fn conv(&self, in_channels: usize, spec: Conv) -> ConvBn<B> {
+        ConvBnConfig::new([in_channels, self.channels(spec.out)], spec.kernel)
+            .with_stride(spec.stride)
+            .with_padding(spec.padding)
+            .with_bn_momentum(self.bn_momentum)
+            .with_conv_bias(self.conv_bias)
+            .init(self.device)
+    }
+
+    /// A branch: each conv reads the previous one's output.
+    pub fn chain<const N: usize>(&self, in_channels: usize, specs: [Conv; N]) -> Vec<ConvBn<B>> {
+        let mut channels = in_channels;
+        specs
+            .into_iter()
+            .map(|spec| {
+                let conv = self.conv(channels, spec);
+                channels = conv.out_channels();
+                conv
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

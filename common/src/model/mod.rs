@@ -5,7 +5,11 @@
 //! constructors. Module paths follow timm, so its checkpoints import by name; shapes and
 //! parameter counts follow TF-slim (see shared/REFERENCES.md).
 
+pub mod bn_inception;
+pub mod inception_resnet_v1;
 pub mod inception_resnet_v2;
+pub mod inception_v3;
+pub mod inception_v4;
 pub mod layers;
 pub mod params;
 pub mod registry;
