@@ -118,8 +118,14 @@ pub struct ModelSection {
     pub image_size: usize,
     /// Channel multiplier for small experiments (1.0 = the reference network).
     pub width: f64,
-    /// Residual block counts per stage (Inception-ResNet: A, B, C); TF-slim uses 10/20/9.
-    pub blocks: [usize; 3],
+    /// Blocks per stage (Inception-v4: A, B, C; Inception-ResNet: scaled A, B, C, the final
+    /// unscaled block apart). Unset: `block_preset`, else the architecture's reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<[usize; 3]>,
+    /// Named block counts for Inception-ResNet: `tfslim` (v2: 10/20/9 + final, the released
+    /// code), `paper` (5/10/5 with the final block among the 5 C), `facenet` (v1: 5/10/5 + final).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_preset: Option<BlockPreset>,
     /// Sets the residual scale of every block type; `residual_scale_{a,b,c}` override it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub residual_scale: Option<f64>,
@@ -145,7 +151,8 @@ impl Default for ModelSection {
             num_classes: 1000,
             image_size: 299,
             width: 1.0,
-            blocks: [10, 20, 9],
+            blocks: None,
+            block_preset: None,
             residual_scale: None,
             residual_scale_a: None,
             residual_scale_b: None,
@@ -156,6 +163,15 @@ impl Default for ModelSection {
             aux_head: false,
         }
     }
+}
+
+/// Named block counts (see [`ModelSection::block_preset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockPreset {
+    Tfslim,
+    Paper,
+    Facenet,
 }
 
 /// Reference residual scales of the released Inception-ResNet-v2 code (A, B, C).
@@ -364,6 +380,9 @@ pub struct TrainSection {
     pub ema_decay: f64,
     /// Distributed evaluation every this many steps (0 = only at the end).
     pub eval_every: u64,
+    /// Dead-unit probe every this many steps (0 = off): zero fraction of the final feature
+    /// map and per-stage residual/shortcut norm ratios on a fixed validation batch.
+    pub probe_every: u64,
     /// A step whose loss or gradient is NaN/Inf is skipped; this many in a row stop the run.
     pub max_nonfinite_steps: u32,
     /// Workers log progress every this many steps.
@@ -385,6 +404,7 @@ impl Default for TrainSection {
             clip_global_norm: 2.0,
             ema_decay: 0.9999,
             eval_every: 0,
+            probe_every: 0,
             max_nonfinite_steps: 5,
             log_every: 10,
             optimizer: OptimizerSection::default(),
@@ -447,7 +467,9 @@ impl Experiment {
             m.width,
             "must be in (0, 4]",
         );
-        if let Err(rule) = crate::model::registry::check_image_size(m) {
+        if let Err(rule) = crate::model::registry::check_knobs(m) {
+            check.require(false, "model", format!("{:?}", m.arch), rule);
+        } else if let Err(rule) = crate::model::registry::check_image_size(m) {
             check.require(false, "model.image_size", m.image_size, rule);
         }
         for (key, scale) in [
@@ -751,7 +773,7 @@ mod tests {
             "model.residual_scale_b=0.1".into(),
         ];
         let exp = load(&write(&dir, SMALL), &sets).unwrap();
-        assert_eq!(exp.model.blocks, [1, 2, 3]);
+        assert_eq!(exp.model.blocks, Some([1, 2, 3]));
         assert_eq!(exp.model.width, 0.5);
         assert_eq!(exp.cluster.launcher, Launcher::External);
         assert_eq!(exp.model.residual_scales(), [0.3, 0.1, 0.3]);

@@ -1,6 +1,8 @@
 //! `coordinator`: the incept control plane. Launches runs, lists them, prints resolved configs.
 
+mod bench;
 mod launcher;
+mod models;
 mod progress;
 mod rendezvous;
 mod run;
@@ -49,10 +51,44 @@ enum Command {
     /// Act as a worker (what the local launcher runs when no `worker` binary is installed).
     #[command(hide = true)]
     Worker(incept_worker::WorkerArgs),
+    /// The architectures this build knows: parameters, MACs, input size, stage shapes.
+    Models {
+        /// Only this architecture.
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// List the runs of a state directory.
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]
         state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Training-step images/s and peak memory (forward, loss, backward, optimizer).
+    Step {
+        #[arg(long, default_value = "inception_resnet_v2")]
+        arch: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 75)]
+        image_size: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Also run this PyTorch script with the same settings (e.g.
+        /// experiments/baselines/bench_step_torch.py) and print both rows.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
 }
 
@@ -102,6 +138,31 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Runs { state_dir } => {
             list_runs(&state_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { arch, num_classes } => {
+            models::list(arch.as_deref(), num_classes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Step {
+                    arch,
+                    batch,
+                    image_size,
+                    steps,
+                    warmup,
+                    compare,
+                },
+        } => {
+            bench::step(&bench::StepBench {
+                arch: &arch,
+                batch,
+                image_size,
+                steps,
+                warmup,
+                compare: compare.as_deref(),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(_) => unreachable!("handled before logging is set up"),

@@ -392,6 +392,23 @@ impl<'a> Monitor<'a> {
             Event::Metrics { rank, steps } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
                 self.store.insert_metrics(run_id, rank, &steps)?;
+                for (step, probe) in steps
+                    .iter()
+                    .filter(|_| rank == 0)
+                    .filter_map(|m| m.probe.as_ref().map(|p| (m.step, p)))
+                {
+                    let ratios: Vec<String> = probe
+                        .residual_ratios
+                        .iter()
+                        .map(|r| format!("{r:.3}"))
+                        .collect();
+                    self.progress.println(&format!(
+                        "probe at step {step}: {:.2}% of the final feature map is zero; \
+                         residual/shortcut per stage [{}]",
+                        100.0 * probe.dead_fraction,
+                        ratios.join(", ")
+                    ));
+                }
                 if let Some(last) = steps.iter().filter(|_| rank == 0).max_by_key(|m| m.step) {
                     self.last_loss = last.loss;
                     self.progress

@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS metrics (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, rank, step)
 );
+CREATE TABLE IF NOT EXISTS probes (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    dead_fraction REAL NOT NULL,
+    residual_ratio_a REAL,
+    residual_ratio_b REAL,
+    residual_ratio_c REAL,
+    PRIMARY KEY (run_id, step)
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step INTEGER NOT NULL,
@@ -170,8 +179,23 @@ impl Store {
                  skipped, recorded_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
+            let mut probe = tx.prepare_cached(
+                "INSERT OR REPLACE INTO probes (run_id, step, dead_fraction, residual_ratio_a,
+                 residual_ratio_b, residual_ratio_c) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
             let at = now();
             for m in steps {
+                if let Some(p) = &m.probe {
+                    let ratio = |i: usize| p.residual_ratios.get(i).copied();
+                    probe.execute(params![
+                        run_id,
+                        m.step as i64,
+                        p.dead_fraction,
+                        ratio(0),
+                        ratio(1),
+                        ratio(2)
+                    ])?;
+                }
                 insert.execute(params![
                     run_id,
                     rank,

@@ -470,3 +470,25 @@ fn interrupted_run_resumes_with_identical_losses() {
         .unwrap();
     assert_eq!(kept, 2);
 }
+
+#[test]
+fn models_table_measures_each_architecture() {
+    let mut cmd = Command::new(COORDINATOR);
+    cmd.args(["models", "--arch", "bn_inception"]);
+    let out = run_with_limit(cmd, Duration::from_secs(120));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // REFERENCES.md: 11,295,240 parameters and 2,032,600,064 MACs at 224.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("bn_inception"))
+        .unwrap();
+    for expected in ["11,295,240", "2,032,600,064", "224", "7×7×1024"] {
+        assert!(row.contains(expected), "{expected} not in {row}");
+    }
+    let mut cmd = Command::new(COORDINATOR);
+    cmd.args(["models", "--arch", "resnet50"]);
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("unknown architecture \"resnet50\""));
+}

@@ -11,7 +11,9 @@ use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
 use incept_common::model::registry;
-use incept_common::proto::{Assignment, CheckpointReport, EvaluationReport, StepMetrics};
+use incept_common::proto::{
+    Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics,
+};
 use incept_common::train::checkpoint;
 use incept_common::train::{Evaluation, Replica, StepStats};
 use tokio::sync::mpsc::UnboundedSender;
@@ -100,8 +102,19 @@ pub fn run(
                 "train"
             );
         }
+        let mut metrics = to_metrics(&stats);
+        if rank == 0
+            && exp.train.probe_every > 0
+            && (step + 1).is_multiple_of(exp.train.probe_every)
+        {
+            let probe = replica.probe();
+            metrics.probe = Some(ProbeMetrics {
+                dead_fraction: probe.dead_fraction,
+                residual_ratios: probe.residual_ratios,
+            });
+        }
         // The coordinator going away only loses metrics; training continues.
-        let _ = reports.send(Report::Step(to_metrics(&stats)));
+        let _ = reports.send(Report::Step(metrics));
         progress.step.store(step + 1, Ordering::Relaxed);
         let done = step + 1;
         if checkpoints.due(done, total) {
@@ -178,5 +191,6 @@ fn to_metrics(stats: &StepStats) -> StepMetrics {
         allreduce_seconds: stats.allreduce.as_secs_f64(),
         grad_norm: stats.grad_norm,
         skipped: stats.skipped,
+        probe: None,
     }
 }

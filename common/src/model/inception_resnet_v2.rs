@@ -17,6 +17,10 @@ use super::layers::{
     Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, conv2d, global_avg_pool,
     linear, max_pool_3x3_s2, up_projection,
 };
+use super::probe;
+
+/// Input side the reference network was trained at.
+pub const NATIVE_IMAGE_SIZE: usize = 299;
 
 /// Hyper-parameters of [`InceptionResNetV2`]; the defaults are TF-slim's.
 #[derive(Config, Debug)]
@@ -334,8 +338,9 @@ impl<B: Backend> ResidualBlock<B> {
         if !self.branch2.is_empty() {
             branches.push(run_chain(&self.branch2, x.clone()));
         }
-        let up = conv2d(&self.conv2d, Tensor::cat(branches, 1));
-        let sum = x + up.mul_scalar(self.scale);
+        let residual = conv2d(&self.conv2d, Tensor::cat(branches, 1)).mul_scalar(self.scale);
+        probe::record_residual(&residual, &x);
+        let sum = x + residual;
         if self.relu { relu(sum) } else { sum }
     }
 }

@@ -6,12 +6,14 @@
 //! parameter counts follow TF-slim (see shared/REFERENCES.md).
 
 pub mod bn_inception;
+pub mod import;
 pub mod inception_resnet_v1;
 pub mod inception_resnet_v2;
 pub mod inception_v3;
 pub mod inception_v4;
 pub mod layers;
 pub mod params;
+pub mod probe;
 pub mod registry;
 
 pub use inception_resnet_v2::{InceptionResNetV2, InceptionResNetV2Config};

@@ -155,18 +155,27 @@ fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
         .expect("float tensors convert to f32")
 }
 
-/// The enter/exit bookkeeping every walker here shares: the current field path.
+/// The enter/exit bookkeeping every module walker shares (here and in `import`): the current
+/// field path.
+///
+/// Enum variants (burn names them in the walk: `Network::InceptionV4`, `FeatureBlock::InceptionA`)
+/// add no segment, so paths are the checkpoint keys: `features.6.branch0.conv.weight`.
 macro_rules! track_path {
     () => {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_owned());
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            if !container_type.starts_with("Enum:") {
+                self.path.push(name.to_owned());
+            }
         }
 
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            if !container_type.starts_with("Enum:") {
+                self.path.pop();
+            }
         }
     };
 }
+pub(crate) use track_path;
 
 #[derive(Default)]
 struct PathCollector {

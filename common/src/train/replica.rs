@@ -26,7 +26,7 @@ use crate::config::{DataSource, Experiment};
 use crate::data::plan::validation_share;
 use crate::data::{Batch, EpochPlan, Split, SyntheticImages};
 use crate::model::params;
-use crate::model::registry::Network;
+use crate::model::registry::{Network, Probe};
 
 /// Timings and values of one optimizer step.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +310,15 @@ impl<B: AutodiffBackend> Replica<B> {
             compute,
             allreduce,
         })
+    }
+
+    /// Runs the dead-unit probe with the current weights on the first validation batch (the same
+    /// images every time, so successive probes are comparable).
+    pub fn probe(&self) -> Probe {
+        let indices: Vec<u64> = (0..self.batch_size.min(self.val_samples) as u64).collect();
+        let batch = self.source.batch(Split::Validation, &indices);
+        let (images, _) = batch_tensors::<B::InnerBackend>(batch, &self.device);
+        self.model.valid().probe(images)
     }
 
     /// Evaluates this rank's share of the validation split (with the weight average when

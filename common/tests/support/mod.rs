@@ -19,7 +19,7 @@ pub fn experiment() -> Experiment {
     exp.model.num_classes = 4;
     exp.model.image_size = 75;
     exp.model.width = 0.0625;
-    exp.model.blocks = [1, 1, 1];
+    exp.model.blocks = Some([1, 1, 1]);
     exp.model.dropout = 0.3; // exercises the per-step RNG seeding
     exp.model.bn_momentum = 0.1;
     exp.data.train_samples = 64;

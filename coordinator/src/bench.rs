@@ -1,0 +1,181 @@
+//! `coordinator bench step`: training-step throughput and peak memory of one architecture on
+//! this machine, optionally side by side with PyTorch running timm's model in the same run.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::Backend;
+use incept_common::TrainBackend;
+use incept_common::collective::Ring;
+use incept_common::config::Experiment;
+use incept_common::model::registry;
+use incept_common::train::Replica;
+
+/// What to measure.
+pub struct StepBench<'a> {
+    pub arch: &'a str,
+    pub batch: usize,
+    pub image_size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    /// A script that runs the same step with PyTorch and prints one JSON line (see
+    /// experiments/baselines/bench_step_torch.py).
+    pub compare: Option<&'a Path>,
+}
+
+/// The JSON line the baseline script prints.
+#[derive(serde::Deserialize)]
+struct ScriptResult {
+    torch: String,
+    median_step_ms: f64,
+    images_per_sec: f64,
+    peak_rss_mib: f64,
+}
+
+/// One measured configuration.
+struct Measurement {
+    label: String,
+    median_step_ms: f64,
+    images_per_sec: f64,
+    peak_rss_mib: f64,
+}
+
+/// Runs the benchmark and prints the table (and the ratio when comparing).
+pub fn step(bench: &StepBench<'_>) -> anyhow::Result<()> {
+    eprintln!(
+        "measuring {} × batch {} at {} px: {} warm-up + {} timed steps…",
+        bench.arch, bench.batch, bench.image_size, bench.warmup, bench.steps
+    );
+    let ours = measure_incept(bench)?;
+    let mut rows = vec![ours];
+    if let Some(script) = bench.compare {
+        eprintln!("measuring the PyTorch baseline ({})…", script.display());
+        rows.push(measure_script(script, bench)?);
+    }
+    println!(
+        "{:<28} {:>14} {:>12} {:>14}",
+        "implementation", "step (median)", "images/s", "peak RSS"
+    );
+    for row in &rows {
+        println!(
+            "{:<28} {:>11.1} ms {:>12.1} {:>10.0} MiB",
+            row.label, row.median_step_ms, row.images_per_sec, row.peak_rss_mib
+        );
+    }
+    if let [ours, theirs] = &rows[..] {
+        println!(
+            "ratio incept / PyTorch: {:.2}× images/s, {:.2}× peak memory",
+            ours.images_per_sec / theirs.images_per_sec,
+            ours.peak_rss_mib / theirs.peak_rss_mib
+        );
+    }
+    Ok(())
+}
+
+fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
+    let mut exp = Experiment::default();
+    exp.model.arch = bench.arch.to_string();
+    exp.model.num_classes = 1000;
+    exp.model.image_size = bench.image_size;
+    exp.train.batch_size = bench.batch;
+    exp.train.ema_decay = 0.0;
+    exp.data.train_samples = bench.batch * (bench.steps + bench.warmup);
+    exp.validate().context("benchmark configuration")?;
+
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let peers = [listener.local_addr()?];
+    let ring = Ring::connect(0, &peers, listener, Duration::from_secs(5))?;
+    let device = Default::default();
+    TrainBackend::seed(&device, exp.run.seed);
+    let model = registry::build::<TrainBackend>(&exp.model, &device);
+    let mut replica = Replica::new(&exp, ring, model, device)?;
+    let mut compute = Vec::with_capacity(bench.steps);
+    for step in 0..(bench.warmup + bench.steps) as u64 {
+        let stats = replica.step(step)?;
+        if step as usize >= bench.warmup {
+            // Forward, loss, backward and optimizer; the synthetic data is timed apart.
+            compute.push((stats.compute + stats.allreduce).as_secs_f64());
+        }
+    }
+    let median = median(&mut compute);
+    Ok(Measurement {
+        label: format!("incept (burn flex, {} thr)", threads()),
+        median_step_ms: median * 1e3,
+        images_per_sec: bench.batch as f64 / median,
+        peak_rss_mib: peak_rss_mib()?,
+    })
+}
+
+fn measure_script(script: &Path, bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
+    let output = Command::new("python3")
+        .arg(script)
+        .args(["--arch", bench.arch])
+        .args(["--batch", &bench.batch.to_string()])
+        .args(["--image-size", &bench.image_size.to_string()])
+        .args(["--steps", &bench.steps.to_string()])
+        .args(["--warmup", &bench.warmup.to_string()])
+        .args(["--threads", &threads().to_string()])
+        .output()
+        .with_context(|| format!("running python3 {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{} printed no JSON result: {stdout}", script.display()))?;
+    let result: ScriptResult = serde_json::from_str(line)
+        .with_context(|| format!("{} printed an unexpected result: {line}", script.display()))?;
+    Ok(Measurement {
+        label: format!("PyTorch {} (timm, {} thr)", result.torch, threads()),
+        median_step_ms: result.median_step_ms,
+        images_per_sec: result.images_per_sec,
+        peak_rss_mib: result.peak_rss_mib,
+    })
+}
+
+/// Compute threads: `RAYON_NUM_THREADS` if set, else every core.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// This process's peak resident set (`VmHWM`), in MiB.
+fn peak_rss_mib() -> anyhow::Result<f64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 3.0);
+    }
+}

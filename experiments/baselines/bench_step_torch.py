@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""The PyTorch side of `coordinator bench step`: one training step of timm's model on the CPU.
+
+Same work as incept's step: forward, cross-entropy with label smoothing 0.1, backward, and a
+TF-semantics RMSProp step (timm's RMSpropTF: decay 0.9, momentum 0.9, eps 1.0, weight decay
+4e-5). Prints one JSON line: median step time, images/s, peak RSS.
+
+Needs torch and timm: pip install -r experiments/baselines/requirements.txt
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import timm
+import torch
+from timm.optim import RMSpropTF
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="inception_resnet_v2")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=75)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    # timm names BN-Inception differently and has no Inception-ResNet-v1.
+    model = timm.create_model(args.arch, pretrained=False, num_classes=1000)
+    model.train()
+    optimizer = RMSpropTF(model.parameters(), lr=0.045, alpha=0.9, eps=1.0, momentum=0.9,
+                          weight_decay=4e-5)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    images = torch.rand(args.batch, 3, args.image_size, args.image_size) * 2 - 1
+    labels = torch.randint(0, 1000, (args.batch,))
+
+    times = []
+    for step in range(args.warmup + args.steps):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        elapsed = time.perf_counter() - started
+        if step >= args.warmup:
+            times.append(elapsed)
+
+    median = statistics.median(times)
+    print(json.dumps({
+        "torch": torch.__version__.split("+")[0],
+        "median_step_ms": median * 1e3,
+        "images_per_sec": args.batch / median,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()
