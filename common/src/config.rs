@@ -142,6 +142,9 @@ pub struct ModelSection {
     pub bn_momentum: f64,
     /// TF-slim's auxiliary classifier on the 17×17 map (needs image_size ≥ 107).
     pub aux_head: bool,
+    /// Initial weights: a file written by `coordinator models import` (incept module paths).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for ModelSection {
@@ -161,6 +164,7 @@ impl Default for ModelSection {
             dropout: 0.2,
             bn_momentum: 0.0003,
             aux_head: false,
+            init_from: None,
         }
     }
 }
@@ -230,13 +234,19 @@ impl Default for DataSection {
     }
 }
 
-impl DataSection {
-    /// Folders a file-backed source must find, with the key that names them.
-    pub fn required_paths(&self) -> Vec<PathBuf> {
-        match (self.source, &self.path) {
-            (DataSource::Imagenet, Some(root)) => vec![root.join("train"), root.join("val")],
-            _ => Vec::new(),
+impl Experiment {
+    /// Files and folders the run reads, each with the key that names it: checked before any
+    /// worker starts.
+    pub fn required_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut paths = Vec::new();
+        if let (DataSource::Imagenet, Some(root)) = (self.data.source, &self.data.path) {
+            paths.push(("data.path", root.join("train")));
+            paths.push(("data.path", root.join("val")));
         }
+        if let Some(weights) = &self.model.init_from {
+            paths.push(("model.init_from", weights.clone()));
+        }
+        paths
     }
 }
 

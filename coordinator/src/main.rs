@@ -53,6 +53,8 @@ enum Command {
     Worker(incept_worker::WorkerArgs),
     /// The architectures this build knows: parameters, MACs, input size, stage shapes.
     Models {
+        #[command(subcommand)]
+        action: Option<ModelsCommand>,
         /// Only this architecture.
         #[arg(long)]
         arch: Option<String>,
@@ -68,6 +70,30 @@ enum Command {
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]
         state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Convert a timm checkpoint (safetensors) into incept weights for `model.init_from`.
+    Import {
+        #[arg(long)]
+        arch: String,
+        /// timm state dict saved with safetensors.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// Where to write the incept weights (safetensors keyed by incept's module paths).
+        #[arg(long)]
+        out: PathBuf,
+        /// Classes of the checkpoint's classifier (timm: 1000; TF-slim ports: 1001).
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+        /// Channel multiplier the checkpoint was made with.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Block counts the checkpoint was made with, e.g. 10,20,9 (default: the reference).
+        #[arg(long, value_delimiter = ',')]
+        blocks: Option<Vec<usize>>,
     },
 }
 
@@ -140,8 +166,34 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             list_runs(&state_dir)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models { arch, num_classes } => {
+        Command::Models {
+            action: None,
+            arch,
+            num_classes,
+        } => {
             models::list(arch.as_deref(), num_classes)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models {
+            action:
+                Some(ModelsCommand::Import {
+                    arch,
+                    from,
+                    out,
+                    num_classes,
+                    width,
+                    blocks,
+                }),
+            ..
+        } => {
+            let blocks = blocks
+                .map(|b| {
+                    <[usize; 3]>::try_from(b.as_slice())
+                        .map_err(|_| anyhow::anyhow!("--blocks takes three counts, got {b:?}"))
+                })
+                .transpose()?;
+            let target = models::import_target(&arch, num_classes, width, blocks)?;
+            models::import(&target, &from, &out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -2,13 +2,15 @@
 
 use std::time::Instant;
 
-use anyhow::bail;
+use std::path::Path;
+
+use anyhow::{Context, bail};
 use burn::backend::Flex;
 use burn::prelude::*;
 use incept_common::config::ModelSection;
 use incept_common::model::layers::count_macs;
 use incept_common::model::params::trainable_len;
-use incept_common::model::registry;
+use incept_common::model::{import, registry};
 
 /// One row of the table, measured on a freshly built network at its native resolution.
 struct Row {
@@ -100,6 +102,46 @@ fn thousands(n: u64) -> String {
         out.push(d);
     }
     out
+}
+
+/// The network `coordinator models import` converts into: an architecture at its native
+/// resolution, with the checkpoint's class count, width and block counts.
+pub fn import_target(
+    arch: &str,
+    num_classes: usize,
+    width: f64,
+    blocks: Option<[usize; 3]>,
+) -> anyhow::Result<ModelSection> {
+    if !registry::is_known(arch) {
+        bail!(
+            "unknown architecture {arch:?}; known: {:?}",
+            registry::ARCHS
+        );
+    }
+    let section = ModelSection {
+        arch: arch.to_string(),
+        num_classes,
+        image_size: registry::native_image_size(arch),
+        width,
+        blocks,
+        ..ModelSection::default()
+    };
+    registry::check_knobs(&section).map_err(anyhow::Error::msg)?;
+    Ok(section)
+}
+
+/// Converts a timm checkpoint (safetensors) into incept weights at `out`.
+pub fn import(section: &ModelSection, from: &Path, out: &Path) -> anyhow::Result<()> {
+    let network = registry::build::<Flex>(section, &Default::default());
+    let network = import::load_timm(network, from)
+        .with_context(|| format!("importing {} as {}", from.display(), section.arch))?;
+    import::save_incept(&network, out)?;
+    println!(
+        "wrote {} ({} parameters)",
+        out.display(),
+        thousands(trainable_len(&network) as u64)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -255,15 +255,11 @@ fn run_dir(state_dir: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("resolving the state directory {}", state_dir.display()))
 }
 
-/// Fails before any worker starts when a dataset folder is missing.
+/// Fails before any worker starts when a file or folder the run reads is missing.
 fn check_data_paths(exp: &Experiment, origin: &str) -> anyhow::Result<()> {
-    for path in exp.data.required_paths() {
+    for (key, path) in exp.required_paths() {
         if !path.exists() {
-            bail!(
-                "data path {} does not exist (data.path = {:?} in {origin})",
-                path.display(),
-                exp.data.path.as_deref().unwrap_or(Path::new("")),
-            );
+            bail!("{} does not exist ({key} in {origin})", path.display());
         }
     }
     Ok(())

@@ -50,6 +50,7 @@ batch_size = 8
 epochs = 2
 log_every = 4
 eval_every = 16
+probe_every = 16
 [train.optimizer]
 learning_rate = 0.01
 [train.schedule]
@@ -491,4 +492,62 @@ fn models_table_measures_each_architecture() {
     let out = run_with_limit(cmd, Duration::from_secs(30));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("unknown architecture \"resnet50\""));
+}
+
+#[test]
+fn imported_timm_weights_initialise_a_run() {
+    let fx = Fixture::new("");
+    let weights = fx.dir.path().join("irv2.safetensors");
+    let mut cmd = Command::new(COORDINATOR);
+    cmd.args([
+        "models",
+        "import",
+        "--arch",
+        "inception_resnet_v2",
+        "--num-classes",
+        "10",
+    ])
+    .args(["--width", "0.0625", "--blocks", "1,1,1", "--out"])
+    .arg(&weights)
+    .arg("--from")
+    .arg(workspace_file(
+        "common/tests/fixtures/timm_irv2_full.safetensors",
+    ));
+    let out = run_with_limit(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let experiment = |classes: usize| {
+        format!(
+            "[cluster]\nworld_size = 1\n\
+             [model]\nnum_classes = {classes}\nimage_size = 75\nwidth = 0.0625\n\
+             blocks = [1, 1, 1]\ninit_from = {:?}\n\
+             [data]\ntrain_samples = 64\nval_samples = 16\n\
+             [train]\nbatch_size = 8\nmax_steps = 2\n",
+            weights.display().to_string()
+        )
+    };
+    let fx = Fixture::new(&experiment(10));
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_dir(fx.state_dir())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .map(|run| std::fs::read_to_string(run.path().join("worker-0.log")).unwrap())
+        .unwrap();
+    assert!(log.contains("initialised from imported weights"), "{log}");
+
+    // Weights for another classifier width fail the run, naming the file and the tensor.
+    let fx = Fixture::new(&experiment(4));
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(120));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("irv2.safetensors") && stderr.contains("classif.weight"),
+        "{stderr}"
+    );
 }

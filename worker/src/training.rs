@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
-use incept_common::model::registry;
+use incept_common::model::{import, registry};
 use incept_common::proto::{
     Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics,
 };
@@ -63,7 +63,11 @@ pub fn run(
     let ring = Ring::connect(rank, &peers, listener, timeout).context("connecting the ring")?;
     let device = Default::default();
     TrainBackend::seed(&device, exp.run.seed);
-    let model = registry::build::<TrainBackend>(&exp.model, &device);
+    let mut model = registry::build::<TrainBackend>(&exp.model, &device);
+    if let Some(weights) = &exp.model.init_from {
+        model = import::load_incept(model, weights)?;
+        tracing::info!(path = %weights.display(), "initialised from imported weights");
+    }
     let mut replica = Replica::new(&exp, ring, model, device)?;
     let start = match assignment.resume_from.as_str() {
         "" => 0,
