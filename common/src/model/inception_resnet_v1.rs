@@ -106,10 +106,10 @@ impl InceptionResNetV1Config {
         let conv2d_4b = b.f.conv(conv2d_4a.out_channels(), Conv::reduce(256));
         let c35 = conv2d_4b.out_channels();
         let repeat_1 = (0..n35).map(|_| b.block35(c35, self.scale_a)).collect();
-        let mixed_6a = b.mixed_6a(c35);
+        let mixed_6a = Mixed6a::reduction_a(&b.f, c35, [192, 192, 256, 384]);
         let c17 = c35 + mixed_6a.branch0.out_channels() + chain_out_channels(&mixed_6a.branch1);
         let repeat_2 = (0..n17).map(|_| b.block17(c17, self.scale_b)).collect();
-        let mixed_7a = b.mixed_7a(c17);
+        let mixed_7a = Mixed7a::reduction_b(&b.f, c17, [384, 256, 256, 256]);
         let c8 = c17
             + chain_out_channels(&mixed_7a.branch0)
             + chain_out_channels(&mixed_7a.branch1)
@@ -243,37 +243,6 @@ struct Builder<'a, B: Backend> {
 }
 
 impl<B: Backend> Builder<'_, B> {
-    fn mixed_6a(&self, c: usize) -> Mixed6a<B> {
-        Mixed6a {
-            branch0: self.f.conv(c, Conv::reduce(384)),
-            branch1: self.f.chain(
-                c,
-                [
-                    Conv::pointwise(192),
-                    Conv::same(192, [3, 3]),
-                    Conv::reduce(256),
-                ],
-            ),
-            branch2: max_pool_3x3_s2(),
-        }
-    }
-
-    fn mixed_7a(&self, c: usize) -> Mixed7a<B> {
-        Mixed7a {
-            branch0: self.f.chain(c, [Conv::pointwise(256), Conv::reduce(384)]),
-            branch1: self.f.chain(c, [Conv::pointwise(256), Conv::reduce(256)]),
-            branch2: self.f.chain(
-                c,
-                [
-                    Conv::pointwise(256),
-                    Conv::same(256, [3, 3]),
-                    Conv::reduce(256),
-                ],
-            ),
-            branch3: max_pool_3x3_s2(),
-        }
-    }
-
     /// Inception-ResNet-A: [32] | [32 → 32 3×3] | [32 → 32 3×3 → 32 3×3].
     fn block35(&self, c: usize, scale: f64) -> ResidualBlock<B> {
         self.residual(

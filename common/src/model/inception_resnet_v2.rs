@@ -99,10 +99,10 @@ impl InceptionResNetV2Config {
         let mixed_5b = b.mixed_5b(conv2d_4a.out_channels());
         let c35 = mixed_5b.out_channels();
         let repeat = (0..n35).map(|_| b.block35(c35, self.scale_a)).collect();
-        let mixed_6a = b.mixed_6a(c35);
+        let mixed_6a = Mixed6a::reduction_a(&b.f, c35, [256, 256, 384, 384]);
         let c17 = mixed_6a.out_channels(c35);
         let repeat_1 = (0..n17).map(|_| b.block17(c17, self.scale_b)).collect();
-        let mixed_7a = b.mixed_7a(c17);
+        let mixed_7a = Mixed7a::reduction_b(&b.f, c17, [384, 288, 288, 320]);
         let c8 = mixed_7a.out_channels(c17);
         let repeat_2 = (0..n8).map(|_| b.block8(c8, self.scale_c, true)).collect();
         let block8 = self.final_block.then(|| b.block8(c8, 1.0, false));
@@ -392,6 +392,20 @@ pub struct Mixed6a<B: Backend> {
 }
 
 impl<B: Backend> Mixed6a<B> {
+    /// The v4 paper's Reduction-A with its filter counts `[k, l, m, n]`: [n 3×3/2] |
+    /// [k 1×1 → l 3×3 → m 3×3/2] | [max pool]. Inception-v4 uses (192, 224, 256, 384),
+    /// Inception-ResNet-v1 (192, 192, 256, 384), Inception-ResNet-v2 (256, 256, 384, 384).
+    pub fn reduction_a(f: &ConvFactory<'_, B>, c: usize, [k, l, m, n]: [usize; 4]) -> Self {
+        Mixed6a {
+            branch0: f.conv(c, Conv::reduce(n)),
+            branch1: f.chain(
+                c,
+                [Conv::pointwise(k), Conv::same(l, [3, 3]), Conv::reduce(m)],
+            ),
+            branch2: max_pool_3x3_s2(),
+        }
+    }
+
     /// `[N, C, H, W]` → `[N, 384 + 384 + C, H', W']` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
@@ -422,6 +436,25 @@ pub struct Mixed7a<B: Backend> {
 }
 
 impl<B: Backend> Mixed7a<B> {
+    /// The residual networks' Reduction-B with output widths `[a, b, c, d]`: [256 → a 3×3/2] |
+    /// [256 → b 3×3/2] | [256 → c 3×3 → d 3×3/2] | [max pool]. Inception-ResNet-v1 uses
+    /// (384, 256, 256, 256), Inception-ResNet-v2 (384, 288, 288, 320).
+    pub fn reduction_b(f: &ConvFactory<'_, B>, c: usize, [a, b, c2, d]: [usize; 4]) -> Self {
+        Mixed7a {
+            branch0: f.chain(c, [Conv::pointwise(256), Conv::reduce(a)]),
+            branch1: f.chain(c, [Conv::pointwise(256), Conv::reduce(b)]),
+            branch2: f.chain(
+                c,
+                [
+                    Conv::pointwise(256),
+                    Conv::same(c2, [3, 3]),
+                    Conv::reduce(d),
+                ],
+            ),
+            branch3: max_pool_3x3_s2(),
+        }
+    }
+
     /// `[N, C, H, W]` → `[N, 384 + 288 + 320 + C, H', W']` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
@@ -489,37 +522,6 @@ impl<B: Backend> Builder<'_, B> {
                 ],
             ),
             branch3: (avg_pool_3x3_same(), self.f.conv(c, Conv::pointwise(64))),
-        }
-    }
-
-    fn mixed_6a(&self, c: usize) -> Mixed6a<B> {
-        Mixed6a {
-            branch0: self.f.conv(c, Conv::reduce(384)),
-            branch1: self.f.chain(
-                c,
-                [
-                    Conv::pointwise(256),
-                    Conv::same(256, [3, 3]),
-                    Conv::reduce(384),
-                ],
-            ),
-            branch2: max_pool_3x3_s2(),
-        }
-    }
-
-    fn mixed_7a(&self, c: usize) -> Mixed7a<B> {
-        Mixed7a {
-            branch0: self.f.chain(c, [Conv::pointwise(256), Conv::reduce(384)]),
-            branch1: self.f.chain(c, [Conv::pointwise(256), Conv::reduce(288)]),
-            branch2: self.f.chain(
-                c,
-                [
-                    Conv::pointwise(256),
-                    Conv::same(288, [3, 3]),
-                    Conv::reduce(320),
-                ],
-            ),
-            branch3: max_pool_3x3_s2(),
         }
     }
 

@@ -456,18 +456,7 @@ impl<B: Backend> Builder<'_, B> {
 
     /// (k, l, m, n) = (192, 224, 256, 384) in the paper's table 1.
     fn reduction_a(&self, c: usize) -> FeatureBlock<B> {
-        FeatureBlock::ReductionA(Mixed6a {
-            branch0: self.f.conv(c, Conv::reduce(384)),
-            branch1: self.f.chain(
-                c,
-                [
-                    Conv::pointwise(192),
-                    Conv::same(224, [3, 3]),
-                    Conv::reduce(256),
-                ],
-            ),
-            branch2: max_pool_3x3_s2(),
-        })
+        FeatureBlock::ReductionA(Mixed6a::reduction_a(&self.f, c, [192, 224, 256, 384]))
     }
 
     fn inception_b(&self, c: usize) -> FeatureBlock<B> {
