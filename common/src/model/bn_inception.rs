@@ -30,7 +30,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, global_avg_pool, linear,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, global_avg_pool,
+    linear,
 };
 
 /// Input side the reference network was trained at.
@@ -63,17 +64,10 @@ impl BnInceptionConfig {
     /// # Panics
     /// If `width` is not a positive finite number.
     pub fn init<B: Backend>(&self, device: &B::Device) -> BnInception<B> {
-        assert!(
-            self.width.is_finite() && self.width > 0.0,
-            "width must be positive, got {}",
-            self.width
-        );
         let b = Builder::<B> {
             f: ConvFactory {
-                width: self.width,
-                bn_momentum: self.bn_momentum,
                 conv_bias: true,
-                device,
+                ..ConvFactory::new(self.width, self.bn_momentum, device)
             },
         };
 
@@ -139,13 +133,12 @@ impl BnInceptionConfig {
 
     /// Rejects input sides the network cannot process, before any tensor work fails obscurely.
     pub fn check_image_size(&self, size: usize) -> Result<(), String> {
-        let min = self.min_image_size();
-        if size < min {
-            return Err(format!(
-                "image size {size} is too small for BN-Inception: the minimum is {min} \
-                 (native resolution {NATIVE_IMAGE_SIZE})"
-            ));
-        }
+        check_side(
+            "BN-Inception",
+            size,
+            self.min_image_size(),
+            NATIVE_IMAGE_SIZE,
+        )?;
         Ok(())
     }
 }

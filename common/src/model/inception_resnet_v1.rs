@@ -19,8 +19,8 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::inception_resnet_v2::{Mixed6a, Mixed7a, ResidualBlock};
 use super::layers::{
-    Conv, ConvBn, ConvFactory, chain_out_channels, global_avg_pool, linear, max_pool_3x3_s2,
-    up_projection,
+    Conv, ConvBn, ConvFactory, chain_out_channels, check_side, global_avg_pool, linear,
+    max_pool_3x3_s2, min_input_side,
 };
 
 /// Input side the reference network was trained at.
@@ -81,18 +81,8 @@ impl InceptionResNetV1Config {
     /// # Panics
     /// If `width` is not a positive finite number.
     pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionResNetV1<B> {
-        assert!(
-            self.width.is_finite() && self.width > 0.0,
-            "width must be positive, got {}",
-            self.width
-        );
         let b = Builder::<B> {
-            f: ConvFactory {
-                width: self.width,
-                bn_momentum: self.bn_momentum,
-                conv_bias: false,
-                device,
-            },
+            f: ConvFactory::new(self.width, self.bn_momentum, device),
         };
         let [n35, n17, n8] = self.blocks;
         let final_block = self.final_block && n8 > 0;
@@ -141,21 +131,17 @@ impl InceptionResNetV1Config {
     /// Smallest input side that survives every valid-padded reduction of the network (75: the
     /// final map is then 1×1).
     pub fn min_image_size(&self) -> usize {
-        VALID_REDUCTIONS
-            .iter()
-            .rev()
-            .fold(1, |size, &(kernel, stride)| (size - 1) * stride + kernel)
+        min_input_side(&VALID_REDUCTIONS, 1)
     }
 
     /// Rejects input sides the network cannot process, before any tensor work fails obscurely.
     pub fn check_image_size(&self, size: usize) -> Result<(), String> {
-        let min = self.min_image_size();
-        if size < min {
-            return Err(format!(
-                "image size {size} is too small for Inception-ResNet-v1: the minimum is {min} \
-                 (native resolution {NATIVE_IMAGE_SIZE})"
-            ));
-        }
+        check_side(
+            "Inception-ResNet-v1",
+            size,
+            self.min_image_size(),
+            NATIVE_IMAGE_SIZE,
+        )?;
         Ok(())
     }
 }
@@ -306,16 +292,7 @@ impl<B: Backend> Builder<'_, B> {
         let branch0 = self.f.conv(c, Conv::pointwise(branch0));
         let branch1 = self.f.chain(c, branch1);
         let branch2 = self.f.chain(c, branch2);
-        let concat =
-            branch0.out_channels() + chain_out_channels(&branch1) + chain_out_channels(&branch2);
-        ResidualBlock {
-            conv2d: up_projection([concat, c], self.f.device),
-            branch0,
-            branch1,
-            branch2,
-            scale,
-            relu,
-        }
+        ResidualBlock::new(c, branch0, branch1, branch2, scale, relu, self.f.device)
     }
 }
 

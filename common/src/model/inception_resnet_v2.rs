@@ -14,8 +14,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, conv2d, global_avg_pool,
-    linear, max_pool_3x3_s2, up_projection,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, conv2d,
+    global_avg_pool, linear, max_pool_3x3_s2, min_input_side, up_projection,
 };
 use super::probe;
 
@@ -76,18 +76,8 @@ impl InceptionResNetV2Config {
     /// # Panics
     /// If `width` is not a positive finite number.
     pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionResNetV2<B> {
-        assert!(
-            self.width.is_finite() && self.width > 0.0,
-            "width must be positive, got {}",
-            self.width
-        );
         let b = Builder::<B> {
-            f: ConvFactory {
-                width: self.width,
-                bn_momentum: self.bn_momentum,
-                conv_bias: false,
-                device,
-            },
+            f: ConvFactory::new(self.width, self.bn_momentum, device),
         };
         let [n35, n17, n8] = self.blocks;
 
@@ -137,21 +127,17 @@ impl InceptionResNetV2Config {
     /// Smallest input side that survives every valid-padded reduction of the network (75: the
     /// final map is then 1×1).
     pub fn min_image_size(&self) -> usize {
-        VALID_REDUCTIONS
-            .iter()
-            .rev()
-            .fold(1, |size, &(kernel, stride)| (size - 1) * stride + kernel)
+        min_input_side(&VALID_REDUCTIONS, 1)
     }
 
     /// Rejects input sides the network cannot process, before any tensor work fails obscurely.
     pub fn check_image_size(&self, size: usize) -> Result<(), String> {
-        let min = self.min_image_size();
-        if size < min {
-            return Err(format!(
-                "image size {size} is too small for Inception-ResNet-v2: the minimum is {min} \
-                 (native resolution 299)"
-            ));
-        }
+        check_side(
+            "Inception-ResNet-v2",
+            size,
+            self.min_image_size(),
+            NATIVE_IMAGE_SIZE,
+        )?;
         if let Some(aux_size) = self.aux_head {
             if aux_size != size {
                 return Err(format!(
@@ -227,10 +213,7 @@ fn grid_17(size: usize) -> usize {
 
 /// Smallest input side whose 17×17-grid map is at least `side`.
 fn min_size_for_grid_17(side: usize) -> usize {
-    VALID_REDUCTIONS[..6]
-        .iter()
-        .rev()
-        .fold(side, |side, &(kernel, stride)| (side - 1) * stride + kernel)
+    min_input_side(&VALID_REDUCTIONS[..6], side)
 }
 
 /// Side of the aux head's map after its pool, for an input side (5 at 299).
@@ -329,6 +312,29 @@ pub struct ResidualBlock<B: Backend> {
 }
 
 impl<B: Backend> ResidualBlock<B> {
+    /// Assembles a block from its branches, adding the up projection from their concatenated
+    /// width back to the `channels` of the shortcut.
+    pub fn new(
+        channels: usize,
+        branch0: ConvBn<B>,
+        branch1: Vec<ConvBn<B>>,
+        branch2: Vec<ConvBn<B>>,
+        scale: f64,
+        relu: bool,
+        device: &B::Device,
+    ) -> Self {
+        let concat =
+            branch0.out_channels() + chain_out_channels(&branch1) + chain_out_channels(&branch2);
+        ResidualBlock {
+            conv2d: up_projection([concat, channels], device),
+            branch0,
+            branch1,
+            branch2,
+            scale,
+            relu,
+        }
+    }
+
     /// `[N, C, H, W]` → `[N, C, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut branches = vec![
@@ -538,7 +544,7 @@ impl<B: Backend> Builder<'_, B> {
                 Conv::same(64, [3, 3]),
             ],
         );
-        self.residual(c, branch0, branch1, branch2, scale, true)
+        ResidualBlock::new(c, branch0, branch1, branch2, scale, true, self.f.device)
     }
 
     fn block17(&self, c: usize, scale: f64) -> Block17<B> {
@@ -551,7 +557,7 @@ impl<B: Backend> Builder<'_, B> {
                 Conv::same(192, [7, 1]),
             ],
         );
-        self.residual(c, branch0, branch1, Vec::new(), scale, true)
+        ResidualBlock::new(c, branch0, branch1, Vec::new(), scale, true, self.f.device)
     }
 
     fn block8(&self, c: usize, scale: f64, relu: bool) -> Block8<B> {
@@ -564,29 +570,7 @@ impl<B: Backend> Builder<'_, B> {
                 Conv::same(256, [3, 1]),
             ],
         );
-        self.residual(c, branch0, branch1, Vec::new(), scale, relu)
-    }
-
-    /// Adds the up projection from the concatenated branch widths back to `c`.
-    fn residual(
-        &self,
-        c: usize,
-        branch0: ConvBn<B>,
-        branch1: Vec<ConvBn<B>>,
-        branch2: Vec<ConvBn<B>>,
-        scale: f64,
-        relu: bool,
-    ) -> ResidualBlock<B> {
-        let concat =
-            branch0.out_channels() + chain_out_channels(&branch1) + chain_out_channels(&branch2);
-        ResidualBlock {
-            conv2d: up_projection([concat, c], self.f.device),
-            branch0,
-            branch1,
-            branch2,
-            scale,
-            relu,
-        }
+        ResidualBlock::new(c, branch0, branch1, Vec::new(), scale, relu, self.f.device)
     }
 }
 

@@ -15,7 +15,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, global_avg_pool, linear, max_pool_3x3_s2,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, check_side, global_avg_pool, linear,
+    max_pool_3x3_s2, min_input_side,
 };
 
 /// Input side the reference network was trained at.
@@ -74,31 +75,14 @@ const AUX_CONV: usize = 5;
 /// `(kernel, stride)` of the aux head's valid layers.
 const AUX_REDUCTIONS: [(usize, usize); 2] = [AUX_POOL, (AUX_CONV, 1)];
 
-/// Smallest input side for which `reductions` (input to output) leave at least one pixel.
-fn min_side<'a>(reductions: impl DoubleEndedIterator<Item = &'a (usize, usize)>) -> usize {
-    reductions
-        .rev()
-        .fold(1, |size, &(kernel, stride)| (size - 1) * stride + kernel)
-}
-
 impl InceptionV3Config {
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.
     ///
     /// # Panics
     /// If `width` is not a positive finite number.
     pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionV3<B> {
-        assert!(
-            self.width.is_finite() && self.width > 0.0,
-            "width must be positive, got {}",
-            self.width
-        );
         let b = Builder::<B> {
-            f: ConvFactory {
-                width: self.width,
-                bn_momentum: self.bn_momentum,
-                conv_bias: false,
-                device,
-            },
+            f: ConvFactory::new(self.width, self.bn_momentum, device),
             count_include_pad: self.count_include_pad,
         };
 
@@ -160,33 +144,26 @@ impl InceptionV3Config {
     /// (the final map is then 1×1), or 299 with the aux head (its 5×5 conv then sees a 5×5
     /// map, which is why 299 is the native size).
     pub fn min_image_size(&self) -> usize {
-        let main = min_side(VALID_REDUCTIONS.iter());
+        let main = min_input_side(&VALID_REDUCTIONS, 1);
         if !self.aux_head {
             return main;
         }
-        let aux = min_side(
-            VALID_REDUCTIONS[..REDUCTIONS_BEFORE_AUX]
-                .iter()
-                .chain(&AUX_REDUCTIONS),
-        );
-        main.max(aux)
+        let to_aux: Vec<(usize, usize)> = VALID_REDUCTIONS[..REDUCTIONS_BEFORE_AUX]
+            .iter()
+            .chain(&AUX_REDUCTIONS)
+            .copied()
+            .collect();
+        main.max(min_input_side(&to_aux, 1))
     }
 
     /// Rejects input sides the network cannot process, before any tensor work fails obscurely.
     pub fn check_image_size(&self, size: usize) -> Result<(), String> {
-        let min = self.min_image_size();
-        if size < min {
-            let aux = if self.aux_head {
-                " with the aux head"
-            } else {
-                ""
-            };
-            return Err(format!(
-                "image size {size} is too small for Inception-v3{aux}: the minimum is {min} \
-                 (native resolution {NATIVE_IMAGE_SIZE})"
-            ));
-        }
-        Ok(())
+        let network = if self.aux_head {
+            "Inception-v3 with the aux head"
+        } else {
+            "Inception-v3"
+        };
+        check_side(network, size, self.min_image_size(), NATIVE_IMAGE_SIZE)
     }
 }
 

@@ -21,8 +21,8 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::inception_resnet_v2::{Mixed5b, Mixed6a};
 use super::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, global_avg_pool, linear,
-    max_pool_3x3_s2,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, global_avg_pool,
+    linear, max_pool_3x3_s2, min_input_side,
 };
 
 /// Input side the reference network was trained at.
@@ -69,18 +69,8 @@ impl InceptionV4Config {
     /// # Panics
     /// If `width` is not a positive finite number.
     pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionV4<B> {
-        assert!(
-            self.width.is_finite() && self.width > 0.0,
-            "width must be positive, got {}",
-            self.width
-        );
         let b = Builder::<B> {
-            f: ConvFactory {
-                width: self.width,
-                bn_momentum: self.bn_momentum,
-                conv_bias: false,
-                device,
-            },
+            f: ConvFactory::new(self.width, self.bn_momentum, device),
         };
         let [n_a, n_b, n_c] = self.blocks;
 
@@ -120,21 +110,17 @@ impl InceptionV4Config {
     /// Smallest input side that survives every valid-padded reduction of the network (75: the
     /// final map is then 1×1).
     pub fn min_image_size(&self) -> usize {
-        VALID_REDUCTIONS
-            .iter()
-            .rev()
-            .fold(1, |size, &(kernel, stride)| (size - 1) * stride + kernel)
+        min_input_side(&VALID_REDUCTIONS, 1)
     }
 
     /// Rejects input sides the network cannot process, before any tensor work fails obscurely.
     pub fn check_image_size(&self, size: usize) -> Result<(), String> {
-        let min = self.min_image_size();
-        if size < min {
-            return Err(format!(
-                "image size {size} is too small for Inception-v4: the minimum is {min} \
-                 (native resolution {NATIVE_IMAGE_SIZE})"
-            ));
-        }
+        check_side(
+            "Inception-v4",
+            size,
+            self.min_image_size(),
+            NATIVE_IMAGE_SIZE,
+        )?;
         Ok(())
     }
 }

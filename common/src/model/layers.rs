@@ -223,6 +223,29 @@ pub fn global_avg_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     x.reshape([n * c, h * w]).mean_dim(1).reshape([n, c])
 }
 
+/// Smallest input side whose map is still `output` pixels wide after the valid-padded
+/// `(kernel, stride)` layers, listed input to output.
+pub fn min_input_side(reductions: &[(usize, usize)], output: usize) -> usize {
+    reductions
+        .iter()
+        .rev()
+        .fold(output, |side, &(kernel, stride)| {
+            (side - 1) * stride + kernel
+        })
+}
+
+/// The image-size check every family runs; the error names the network, the minimum and the
+/// native resolution.
+pub fn check_side(network: &str, size: usize, min: usize, native: usize) -> Result<(), String> {
+    if size < min {
+        return Err(format!(
+            "image size {size} is too small for {network}: the minimum is {min} \
+             (native resolution {native})"
+        ));
+    }
+    Ok(())
+}
+
 /// Output channels of a (non-empty) branch.
 pub fn chain_out_channels<B: Backend>(chain: &[ConvBn<B>]) -> usize {
     chain.last().map_or(0, ConvBn::out_channels)
@@ -284,7 +307,24 @@ pub struct ConvFactory<'a, B: Backend> {
     pub device: &'a B::Device,
 }
 
-impl<B: Backend> ConvFactory<'_, B> {
+impl<'a, B: Backend> ConvFactory<'a, B> {
+    /// A factory for bias-free TF-slim convolutions.
+    ///
+    /// # Panics
+    /// If `width` is not a positive finite number.
+    pub fn new(width: f64, bn_momentum: f64, device: &'a B::Device) -> Self {
+        assert!(
+            width.is_finite() && width > 0.0,
+            "width must be positive, got {width}"
+        );
+        Self {
+            width,
+            bn_momentum,
+            conv_bias: false,
+            device,
+        }
+    }
+
     /// A channel count after the width multiplier.
     pub fn channels(&self, c: usize) -> usize {
         ((c as f64 * self.width).round() as usize).max(1)
