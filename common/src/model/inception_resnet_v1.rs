@@ -300,7 +300,7 @@ impl<B: Backend> Builder<'_, B> {
 mod tests {
     use super::*;
     use crate::model::layers::count_macs;
-    use crate::model::params::{tensor_paths, trainable_len};
+    use crate::model::params::{tensor_paths, trainable_len, trainable_segments};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::Distribution;
@@ -336,6 +336,18 @@ mod tests {
                 expected,
                 "{blocks:?}, {classes} classes"
             );
+        }
+        // REFERENCES.md, without the classifier: 20,963,328 (paper), 22,564,096 (facenet).
+        for (blocks, expected) in [(PAPER, 20_963_328), (FACENET, 22_564_096)] {
+            let model = InceptionResNetV1Config::new(1000)
+                .with_blocks(blocks)
+                .init::<Flex>(&device);
+            let trunk: usize = trainable_segments(&model)
+                .iter()
+                .filter(|s| !s.path.starts_with("classif."))
+                .map(|s| s.range.len())
+                .sum();
+            assert_eq!(trunk, expected, "{blocks:?}");
         }
     }
 

@@ -578,7 +578,7 @@ impl<B: Backend> Builder<'_, B> {
 mod tests {
     use super::*;
     use crate::model::layers::count_macs;
-    use crate::model::params::{tensor_paths, trainable_len};
+    use crate::model::params::{tensor_paths, trainable_len, trainable_segments};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::Distribution;
@@ -601,6 +601,13 @@ mod tests {
             assert_eq!(trainable_len(&model), expected, "{classes} classes");
             // burn's own count includes the 2 × 30,272 batch-norm running statistics.
             assert_eq!(model.num_params(), expected + 2 * 30_272);
+            // REFERENCES.md: 54,306,464 without the classifier.
+            let trunk: usize = trainable_segments(&model)
+                .iter()
+                .filter(|s| !s.path.starts_with("classif."))
+                .map(|s| s.range.len())
+                .sum();
+            assert_eq!(trunk, 54_306_464);
         }
     }
 
