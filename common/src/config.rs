@@ -393,6 +393,9 @@ pub struct TrainSection {
     /// Dead-unit probe every this many steps (0 = off): zero fraction of the final feature
     /// map and per-stage residual/shortcut norm ratios on a fixed validation batch.
     pub probe_every: u64,
+    /// Replicas compare parameter checksums every this many steps (0 = never); a mismatch
+    /// stops the run naming the step.
+    pub check_replicas_every: u64,
     /// A step whose loss or gradient is NaN/Inf is skipped; this many in a row stop the run.
     pub max_nonfinite_steps: u32,
     /// Workers log progress every this many steps.
@@ -415,6 +418,7 @@ impl Default for TrainSection {
             ema_decay: 0.9999,
             eval_every: 0,
             probe_every: 0,
+            check_replicas_every: 100,
             max_nonfinite_steps: 5,
             log_every: 10,
             optimizer: OptimizerSection::default(),

@@ -40,10 +40,8 @@ fn initial_model(exp: &Experiment) -> Network<TrainBackend> {
     registry::build(&exp.model, &device)
 }
 
-/// Trains every rank of `exp` on its own thread over a real ring; returns each rank's
-/// final parameters and step losses.
-fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<f64>)> {
-    let world = exp.cluster.world_size;
+/// Runs `work` for every rank of a `world`-sized ring over real sockets, one thread each.
+fn on_ring<T: Send>(world: usize, work: impl Fn(usize, Ring) -> T + Sync) -> Vec<T> {
     let listeners: Vec<TcpListener> = (0..world)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -53,18 +51,24 @@ fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<
             .into_iter()
             .enumerate()
             .map(|(rank, listener)| {
-                let peers = peers.clone();
-                let model = model.clone();
+                let (peers, work) = (&peers, &work);
                 scope.spawn(move || {
                     let ring =
-                        Ring::connect(rank, &peers, listener, Duration::from_secs(30)).unwrap();
-                    let mut replica = Replica::new(exp, ring, model, Default::default()).unwrap();
-                    let losses = (0..STEPS).map(|s| replica.step(s).unwrap().loss).collect();
-                    (replica.params().to_vec(), losses)
+                        Ring::connect(rank, peers, listener, Duration::from_secs(30)).unwrap();
+                    work(rank, ring)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Trains every rank of `exp`; returns each rank's final parameters and step losses.
+fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<f64>)> {
+    on_ring(exp.cluster.world_size, |_, ring| {
+        let mut replica = Replica::new(exp, ring, model.clone(), Default::default()).unwrap();
+        let losses = (0..STEPS).map(|s| replica.step(s).unwrap().loss).collect();
+        (replica.params().to_vec(), losses)
     })
 }
 
@@ -92,5 +96,26 @@ fn two_workers_equal_one_worker_accumulating_two_micro_batches() {
     }
     for (d, a) in losses_d.iter().zip(losses_a) {
         assert!((d - a).abs() <= 1e-5 * a.abs(), "loss {d} vs {a}");
+    }
+}
+
+#[test]
+fn diverged_replicas_are_detected_by_checksum() {
+    let exp = experiment(2, 1);
+    let model = initial_model(&exp);
+    flatten_params(&model);
+    let outcomes = on_ring(2, |rank, ring| {
+        let mut replica = Replica::new(&exp, ring, model.clone(), Default::default()).unwrap();
+        replica.step(0).unwrap();
+        replica.check_consistency(1).unwrap();
+        if rank == 1 {
+            let mut state = replica.state(1);
+            state.params[0] += 1.0;
+            replica.restore(state).unwrap();
+        }
+        replica.check_consistency(2).unwrap_err().to_string()
+    });
+    for err in outcomes {
+        assert!(err.contains("replicas diverged at step 2"), "{err}");
     }
 }

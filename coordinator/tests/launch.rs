@@ -51,6 +51,7 @@ epochs = 2
 log_every = 4
 eval_every = 16
 probe_every = 16
+check_replicas_every = 8
 [train.optimizer]
 learning_rate = 0.01
 [train.schedule]

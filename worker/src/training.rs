@@ -121,6 +121,10 @@ pub fn run(
         let _ = reports.send(Report::Step(metrics));
         progress.step.store(step + 1, Ordering::Relaxed);
         let done = step + 1;
+        let every = exp.train.check_replicas_every;
+        if every > 0 && done.is_multiple_of(every) {
+            replica.check_consistency(done)?;
+        }
         if checkpoints.due(done, total) {
             let _ = reports.send(Report::Checkpoint(checkpoints.write(&replica, done)?));
         }

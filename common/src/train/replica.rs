@@ -312,6 +312,38 @@ impl<B: AutodiffBackend> Replica<B> {
         })
     }
 
+    /// Verifies that every replica holds bit-identical parameters: each rank contributes the
+    /// CRC-32C of its flat parameters (as two exact 16-bit halves in its own slots) to one
+    /// all-reduce, and all ranks compare the gathered checksums. `steps_done` names the step in
+    /// the error.
+    pub fn check_consistency(&mut self, steps_done: u64) -> anyhow::Result<()> {
+        const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        let mut digest = CRC.digest();
+        for value in &self.params {
+            digest.update(&value.to_le_bytes());
+        }
+        let checksum = digest.finalize();
+        let (rank, world) = (self.ring.rank(), self.ring.world_size());
+        let mut slots = vec![0f32; 2 * world];
+        slots[2 * rank] = (checksum >> 16) as f32;
+        slots[2 * rank + 1] = (checksum & 0xFFFF) as f32;
+        self.ring
+            .all_reduce(&mut slots, ReduceOp::Sum)
+            .context("all-reduce of parameter checksums")?;
+        let checksums: Vec<u32> = slots
+            .chunks_exact(2)
+            .map(|pair| ((pair[0] as u32) << 16) | pair[1] as u32)
+            .collect();
+        if checksums.iter().any(|&c| c != checksums[0]) {
+            let listed: Vec<String> = checksums.iter().map(|c| format!("{c:08x}")).collect();
+            bail!(
+                "replicas diverged at step {steps_done}: parameter checksums by rank [{}]",
+                listed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// Runs the dead-unit probe with the current weights on the first validation batch (the same
     /// images every time, so successive probes are comparable).
     pub fn probe(&self) -> Probe {
