@@ -301,23 +301,15 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len, trainable_segments};
+    use crate::model::test_support::images;
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
-    use burn::tensor::Distribution;
 
     type Ad = Autodiff<Flex>;
 
     /// The paper's layout (4 scaled + 1 final C block) and facenet's (5 scaled + 1 final).
     const PAPER: [usize; 3] = [5, 10, 5];
     const FACENET: [usize; 3] = [5, 10, 6];
-
-    fn images<B: Backend>(batch: usize, size: usize) -> Tensor<B, 4> {
-        Tensor::random(
-            [batch, 3, size, size],
-            Distribution::Uniform(-1.0, 1.0),
-            &Default::default(),
-        )
-    }
 
     #[test]
     fn parameter_counts_match_the_reference() {

@@ -579,19 +579,11 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len, trainable_segments};
+    use crate::model::test_support::images;
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
-    use burn::tensor::Distribution;
 
     type Ad = Autodiff<Flex>;
-
-    fn images<B: Backend>(batch: usize, size: usize) -> Tensor<B, 4> {
-        Tensor::random(
-            [batch, 3, size, size],
-            Distribution::Uniform(-1.0, 1.0),
-            &Default::default(),
-        )
-    }
 
     #[test]
     fn parameter_counts_match_timm() {

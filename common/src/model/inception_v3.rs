@@ -718,19 +718,12 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len};
+    use crate::model::test_support::images;
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::{Distribution, TensorData};
 
     type Ad = Autodiff<Flex>;
-
-    fn images<B: Backend>(batch: usize, size: usize) -> Tensor<B, 4> {
-        Tensor::random(
-            [batch, 3, size, size],
-            Distribution::Uniform(-1.0, 1.0),
-            &Default::default(),
-        )
-    }
 
     /// A gradient that exists, is finite and is not all zeros.
     fn assert_live<const D: usize>(grad: Option<Tensor<Flex, D>>) {

@@ -517,19 +517,11 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len};
+    use crate::model::test_support::images;
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
-    use burn::tensor::Distribution;
 
     type Ad = Autodiff<Flex>;
-
-    fn images<B: Backend>(batch: usize, size: usize) -> Tensor<B, 4> {
-        Tensor::random(
-            [batch, 3, size, size],
-            Distribution::Uniform(-1.0, 1.0),
-            &Default::default(),
-        )
-    }
 
     /// Our module paths (enum variants leave no segment), to compare with timm's keys.
     fn timm_paths<B: Backend>(model: &InceptionV4<B>) -> Vec<String> {

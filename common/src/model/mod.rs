@@ -15,5 +15,7 @@ pub mod layers;
 pub mod params;
 pub mod probe;
 pub mod registry;
+#[cfg(test)]
+mod test_support;
 
 pub use inception_resnet_v2::{InceptionResNetV2, InceptionResNetV2Config};
