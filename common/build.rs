@@ -1,9 +1,15 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so building needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/incept.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    let protos = ["proto/incept.proto", "proto/tf_example.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        // Ordered maps: an Example's features then encode in one order, so packed shards are
+        // byte-for-byte reproducible.
+        .btree_map(".tensorflow.Features.feature")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -205,6 +205,10 @@ pub enum DataSource {
     Synthetic,
     /// ILSVRC-2012 folder layout under `data.path` (`train/<wnid>/*.JPEG`, `val/`).
     Imagenet,
+    /// TFRecord shards of `tf.train.Example`s with an `index.json` under `data.path`.
+    Tfrecord,
+    /// Fashion-MNIST IDX files (default folder: Debian's `dataset-fashion-mnist`).
+    FashionMnist,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,12 +218,27 @@ pub struct DataSection {
     /// Dataset root for file-backed sources.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// Synthetic source: training images per epoch.
+    /// Training images per epoch (synthetic; file-backed sources: set from the dataset at launch).
     pub train_samples: usize,
-    /// Synthetic source: held-out validation images.
+    /// Held-out validation images (synthetic; file-backed sources: set from the dataset).
     pub val_samples: usize,
     /// Synthetic source: standard deviation of the pixel noise (signal amplitude is 1).
     pub noise: f64,
+    /// `imagenet` with a flat `val/`: ground truth, one wnid per image in file-name order
+    /// (relative to `data.path`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_labels: Option<PathBuf>,
+    /// `tfrecord`: keep the stored labels (0 = background, 1001-way models) instead of
+    /// shifting build_imagenet_data.py's 1–1000 to 0–999.
+    pub background_class: bool,
+    /// `tfrecord`: samples in the shuffle buffer after the per-epoch shard shuffle. Other
+    /// sources are shuffled whole.
+    pub shuffle_buffer: usize,
+    /// Threads each worker decodes and augments with.
+    pub threads: usize,
+    /// Ready batches each loader thread keeps ahead.
+    pub prefetch: usize,
+    pub augment: AugmentSection,
 }
 
 impl Default for DataSection {
@@ -230,6 +249,46 @@ impl Default for DataSection {
             train_samples: 10_000,
             val_samples: 1_000,
             noise: 0.5,
+            val_labels: None,
+            background_class: false,
+            shuffle_buffer: 10_000,
+            threads: 2,
+            prefetch: 2,
+            augment: AugmentSection::default(),
+        }
+    }
+}
+
+/// Inception preprocessing of file-backed images (the synthetic source is not augmented).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSection {
+    /// Training crop: fraction of the image area, drawn uniformly from [min, max].
+    pub area_range: [f64; 2],
+    /// Training crop: width / height, drawn uniformly from [min, max].
+    pub aspect_range: [f64; 2],
+    /// A crop must cover at least this fraction of the image.
+    pub min_object_covered: f64,
+    /// Tries to draw a crop that fits before falling back to a central crop.
+    pub max_attempts: u32,
+    /// Random horizontal flip.
+    pub flip: bool,
+    /// TF-slim's colour distortion (brightness, saturation, hue, contrast).
+    pub color: bool,
+    /// Evaluation: the central fraction of each side kept before resizing.
+    pub eval_crop: f64,
+}
+
+impl Default for AugmentSection {
+    fn default() -> Self {
+        Self {
+            area_range: [0.05, 1.0],
+            aspect_range: [0.75, 4.0 / 3.0],
+            min_object_covered: 0.1,
+            max_attempts: 100,
+            flip: true,
+            color: false,
+            eval_crop: 0.875,
         }
     }
 }
@@ -239,9 +298,16 @@ impl Experiment {
     /// worker starts.
     pub fn required_paths(&self) -> Vec<(&'static str, PathBuf)> {
         let mut paths = Vec::new();
-        if let (DataSource::Imagenet, Some(root)) = (self.data.source, &self.data.path) {
-            paths.push(("data.path", root.join("train")));
-            paths.push(("data.path", root.join("val")));
+        match (self.data.source, crate::data::source::data_root(self)) {
+            (DataSource::Imagenet, Some(root)) => {
+                paths.push(("data.path", root.join("train")));
+                paths.push(("data.path", root.join("val")));
+            }
+            (DataSource::Tfrecord, Some(root)) => {
+                paths.push(("data.path", root.join(crate::data::shards::INDEX_FILE)));
+            }
+            (DataSource::FashionMnist, Some(root)) => paths.push(("data.path", root)),
+            _ => {}
         }
         if let Some(weights) = &self.model.init_from {
             paths.push(("model.init_from", weights.clone()));
@@ -500,16 +566,34 @@ impl Experiment {
         check.rate("model.bn_momentum", m.bn_momentum);
 
         let d = &self.data;
-        if d.source == DataSource::Imagenet {
+        if matches!(d.source, DataSource::Imagenet | DataSource::Tfrecord) {
             check.require(
                 d.path.is_some(),
                 "data.path",
                 "(unset)",
-                "is required when data.source = \"imagenet\"",
+                format!("is required when data.source = {:?}", d.source),
             );
         }
         check.non_negative("data.noise", d.noise);
         check.at_least("data.val_samples", d.val_samples, 1);
+        check.at_least("data.shuffle_buffer", d.shuffle_buffer, 1);
+        check.at_least("data.threads", d.threads, 1);
+        check.at_least("data.prefetch", d.prefetch, 1);
+        let a = &d.augment;
+        for (key, [lo, hi], max) in [
+            ("data.augment.area_range", a.area_range, 1.0),
+            ("data.augment.aspect_range", a.aspect_range, f64::INFINITY),
+        ] {
+            check.require(
+                lo > 0.0 && lo <= hi && hi <= max,
+                key,
+                format!("{:?}", [lo, hi]),
+                format!("must be [min, max] with 0 < min ≤ max ≤ {max}"),
+            );
+        }
+        check.fraction("data.augment.min_object_covered", a.min_object_covered);
+        check.at_least("data.augment.max_attempts", a.max_attempts, 1);
+        check.rate("data.augment.eval_crop", a.eval_crop);
 
         let t = &self.train;
         check.at_least("train.batch_size", t.batch_size, 1);
@@ -834,6 +918,25 @@ mod tests {
         ] {
             assert!(err.contains(key), "missing {key} in {err}");
         }
+    }
+
+    #[test]
+    fn data_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[data]\nsource = \"tfrecord\"\nthreads = 0\n[data.augment]\n\
+                    area_range = [0.0, 1.0]\naspect_range = [1.5, 0.5]\neval_crop = 1.5\n";
+        let err = load(&write(&dir, text), &[]).unwrap_err().to_string();
+        for key in [
+            "data.path = (unset)",
+            "data.threads = 0",
+            "data.augment.area_range = [0.0, 1.0]",
+            "data.augment.aspect_range = [1.5, 0.5]",
+            "data.augment.eval_crop = 1.5",
+        ] {
+            assert!(err.contains(key), "missing {key} in {err}");
+        }
+        let err = load(&write(&dir, "[data]\nsource = \"lmdb\"\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("lmdb"), "{err}");
     }
 
     #[test]

@@ -1,8 +1,14 @@
-//! The coordinator's gRPC protocol, generated from `proto/incept.proto` at build time.
+//! Wire formats generated at build time: the coordinator's gRPC protocol
+//! (`proto/incept.proto`) and TensorFlow's `tf.train.Example` (`proto/tf_example.proto`).
 
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("incept.v1");
+
+/// `tf.train.Example` and its feature lists, the payload of ImageNet TFRecord shards.
+pub mod tensorflow {
+    tonic::include_proto!("tensorflow");
+}
 
 /// Metadata key carrying the run's join token on every RPC.
 pub const TOKEN_METADATA_KEY: &str = "x-incept-token";

@@ -1,6 +1,7 @@
 //! `coordinator`: the incept control plane. Launches runs, lists them, prints resolved configs.
 
 mod bench;
+mod dataset;
 mod launcher;
 mod models;
 mod progress;
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use incept_common::config;
+use incept_common::data::pack::PackOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,6 +63,11 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         num_classes: usize,
     },
+    /// Datasets: pack ILSVRC folders into TFRecord shards, index shards, inspect an index.
+    Dataset {
+        #[command(subcommand)]
+        action: DatasetCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -98,6 +105,35 @@ enum ModelsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum DatasetCommand {
+    /// Write an ILSVRC folder (train/<wnid>/*.JPEG, val/) as TFRecord shards plus index.json.
+    Pack {
+        /// The ILSVRC-layout folder.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// Ground truth of a flat val/: one wnid per image, in file-name order.
+        #[arg(long)]
+        val_labels: Option<PathBuf>,
+        /// Output folder (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training shards (the paper's setup: 1024).
+        #[arg(long, default_value_t = 1024)]
+        shards: usize,
+        /// Validation shards (default: shards / 8, at least 1; the paper's setup: 128).
+        #[arg(long)]
+        val_shards: Option<usize>,
+        /// Seeds the order of images across shards: same seed, same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Verify every record of train-*/validation-* shards made elsewhere and write index.json.
+    Index { dir: PathBuf },
+    /// Print a shard folder's index: shards, images, bytes, class balance.
+    Inspect { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Training-step images/s and peak memory (forward, loss, backward, optimizer).
     Step {
@@ -113,6 +149,24 @@ enum BenchCommand {
         warmup: usize,
         /// Also run this PyTorch script with the same settings (e.g.
         /// experiments/baselines/bench_step_torch.py) and print both rows.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+    },
+    /// Input-pipeline images/s: decode + Inception crop + flip + resize + normalise.
+    Data {
+        /// An ILSVRC-layout folder (its train/ JPEGs are used), e.g. one made by
+        /// experiments/baselines/make_bench_images.py.
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 299)]
+        image_size: usize,
+        /// Timed passes over the files (after one warm-up pass).
+        #[arg(long, default_value_t = 10)]
+        passes: usize,
+        /// Also run this PIL + torchvision script on the same files (e.g.
+        /// experiments/baselines/bench_data_torch.py) and print both rows.
         #[arg(long)]
         compare: Option<PathBuf>,
     },
@@ -207,7 +261,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     compare,
                 },
         } => {
-            bench::step(&bench::StepBench {
+            bench::step::run(&bench::step::StepBench {
                 arch: &arch,
                 batch,
                 image_size,
@@ -215,6 +269,49 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 warmup,
                 compare: compare.as_deref(),
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Data {
+                    path,
+                    threads,
+                    image_size,
+                    passes,
+                    compare,
+                },
+        } => {
+            bench::data::run(&bench::data::DataBench {
+                path: &path,
+                threads,
+                image_size,
+                passes,
+                compare: compare.as_deref(),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dataset { action } => {
+            match action {
+                DatasetCommand::Pack {
+                    from,
+                    val_labels,
+                    out,
+                    shards,
+                    val_shards,
+                    seed,
+                } => dataset::pack(
+                    &from,
+                    val_labels.as_deref(),
+                    &out,
+                    &PackOptions {
+                        train_shards: shards,
+                        validation_shards: val_shards.unwrap_or((shards / 8).max(1)),
+                        seed,
+                    },
+                )?,
+                DatasetCommand::Index { dir } => dataset::index(&dir)?,
+                DatasetCommand::Inspect { dir } => dataset::inspect(&dir)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(_) => unreachable!("handled before logging is set up"),

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use incept_common::config::{self, Experiment, Launcher};
+use incept_common::data::{DataPosition, ShardLayout, source};
 use incept_common::fsutil::write_atomic;
-use incept_common::proto::{EvaluationReport, WorkerResult};
+use incept_common::proto::{DataPlan, EvaluationReport, WorkerResult};
 use incept_common::train::checkpoint;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
@@ -43,6 +44,13 @@ pub enum Start<'a> {
     Resume { run_id: &'a str },
 }
 
+/// Where a resumed run continues.
+struct Resume {
+    step: u64,
+    path: PathBuf,
+    position: DataPosition,
+}
+
 /// A run ready to start: its experiment, identity and starting point.
 struct Prepared {
     store: Store,
@@ -51,7 +59,9 @@ struct Prepared {
     run_dir: PathBuf,
     resolved: String,
     /// Checkpoint to continue from, if resuming.
-    resume_from: Option<(u64, PathBuf)>,
+    resume_from: Option<Resume>,
+    /// How the training split is sharded, for the epoch plan.
+    layout: ShardLayout,
 }
 
 /// Starts (or resumes) a run, follows it to completion and returns the process exit code.
@@ -63,6 +73,7 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         run_dir,
         resolved,
         resume_from,
+        layout,
     } = match start {
         Start::New {
             experiment,
@@ -77,7 +88,7 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
     let token = new_token();
     write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
     let total_steps = exp.total_steps();
-    if let Some((step, path)) = &resume_from {
+    if let Some(Resume { step, path, .. }) = &resume_from {
         store.reopen_run(&run_id)?;
         let message = format!("resuming from step {step} ({})", path.display());
         store.event(&run_id, "info", &message)?;
@@ -99,8 +110,9 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         checkpoint_dir: run_dir.join("checkpoints").display().to_string(),
         resume_from: resume_from
             .as_ref()
-            .map(|(_, path)| path.display().to_string())
+            .map(|r| r.path.display().to_string())
             .unwrap_or_default(),
+        data_plan: data_plan(&layout, resume_from.as_ref()),
         join_timeout: Duration::from_secs(exp.cluster.join_timeout_s),
         rendezvous: Rendezvous::new(exp.cluster.world_size),
         events,
@@ -171,8 +183,10 @@ fn prepare_new(
     overrides: &[String],
     state_dir: &Path,
 ) -> anyhow::Result<Prepared> {
-    let exp = config::load(experiment, overrides)?;
-    check_data_paths(&exp, &experiment.display().to_string())?;
+    let mut exp = config::load(experiment, overrides)?;
+    let origin = experiment.display().to_string();
+    check_data_paths(&exp, &origin)?;
+    let layout = open_dataset(&mut exp, &origin)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let store = Store::open(&state_dir.join(DATABASE))?;
@@ -196,6 +210,7 @@ fn prepare_new(
         run_dir,
         resolved,
         resume_from: None,
+        layout,
     })
 }
 
@@ -216,15 +231,21 @@ fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
         bail!("run {run_id} already succeeded; nothing to resume");
     }
     let exp = Experiment::from_toml(&resolved)?;
-    check_data_paths(&exp, &format!("run {run_id}"))?;
+    let origin = format!("run {run_id}");
+    check_data_paths(&exp, &origin)?;
+    let layout = open_dataset(&mut exp.clone(), &origin)?;
     let mut resume_from = None;
     for (step, path) in store.checkpoints(run_id)? {
-        match checkpoint::verify_step(&path) {
-            Ok(found) if found == step => {
-                resume_from = Some((step, path));
+        match checkpoint::verify_position(&path) {
+            Ok((found, position)) if found == step => {
+                resume_from = Some(Resume {
+                    step,
+                    path,
+                    position,
+                });
                 break;
             }
-            Ok(found) => tracing::warn!(
+            Ok((found, _)) => tracing::warn!(
                 step,
                 found,
                 "checkpoint manifest names another step; skipped"
@@ -246,6 +267,7 @@ fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
         run_dir: run_dir(state_dir, run_id)?,
         resolved,
         resume_from: Some(resume_from),
+        layout,
     })
 }
 
@@ -263,6 +285,27 @@ fn check_data_paths(exp: &Experiment, origin: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the dataset before any worker starts, fixing the experiment's sample counts to it;
+/// returns the training split's layout.
+fn open_dataset(exp: &mut Experiment, origin: &str) -> anyhow::Result<ShardLayout> {
+    let source =
+        source::resolve(exp).with_context(|| format!("opening the dataset of {origin}"))?;
+    Ok(source.train_layout())
+}
+
+/// The epoch plan every rank receives.
+fn data_plan(layout: &ShardLayout, resume: Option<&Resume>) -> DataPlan {
+    let (start_step, position) =
+        resume.map_or((0, DataPosition::default()), |r| (r.step, r.position));
+    DataPlan {
+        train_shards: layout.sizes.clone(),
+        shuffle_buffer: layout.shuffle_buffer,
+        start_step,
+        start_epoch: position.epoch,
+        start_offset: position.offset,
+    }
 }
 
 /// Records the outcome, prints the summary, and picks the exit code.
@@ -446,9 +489,11 @@ impl<'a> Monitor<'a> {
     fn commit_checkpoint(&mut self, step: u64, path: &str) -> anyhow::Result<()> {
         let run_id = &self.ctx.run_id;
         let dir = PathBuf::from(path);
-        match checkpoint::verify_step(&dir) {
-            Ok(found) if found == step => {}
-            Ok(found) => bail!("checkpoint {path} holds step {found}, reported as step {step}"),
+        match checkpoint::verify_position(&dir) {
+            Ok((found, _)) if found == step => {}
+            Ok((found, _)) => {
+                bail!("checkpoint {path} holds step {found}, reported as step {step}")
+            }
             Err(err) => {
                 let message = format!("checkpoint of step {step} not committed: {err}");
                 self.progress.println(&message);

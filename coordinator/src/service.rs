@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use incept_common::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use incept_common::proto::{
-    Ack, Assignment, CheckpointReport, EvaluationReport, HeartbeatReply, HeartbeatRequest,
-    JoinRequest, MetricsReport, StepMetrics, TOKEN_METADATA_KEY, WorkerResult,
+    Ack, Assignment, CheckpointReport, DataPlan, EvaluationReport, HeartbeatReply,
+    HeartbeatRequest, JoinRequest, MetricsReport, StepMetrics, TOKEN_METADATA_KEY, WorkerResult,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::service::Interceptor;
@@ -39,6 +39,7 @@ pub struct RunContext {
     pub checkpoint_dir: String,
     /// Checkpoint the run continues from (empty: fresh start).
     pub resume_from: String,
+    pub data_plan: DataPlan,
     pub join_timeout: Duration,
     pub rendezvous: Rendezvous,
     pub events: UnboundedSender<Event>,
@@ -139,6 +140,7 @@ impl Coordinator for CoordinatorService {
             heartbeat_interval_ms: self.run.heartbeat_interval_ms,
             checkpoint_dir: self.run.checkpoint_dir.clone(),
             resume_from: self.run.resume_from.clone(),
+            data_plan: Some(self.run.data_plan.clone()),
         }))
     }
 

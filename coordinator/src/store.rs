@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     grad_norm REAL NOT NULL,
     skipped INTEGER NOT NULL,
     recorded_at REAL NOT NULL,
+    bad_images INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, rank, step)
 );
 CREATE TABLE IF NOT EXISTS probes (
@@ -119,6 +120,28 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Columns added after a table was first released: (table, column, definition).
+const ADDED_COLUMNS: [(&str, &str, &str); 1] =
+    [("metrics", "bad_images", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Brings a database made by an earlier version up to the current schema.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let mut columns =
+            conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let present = columns
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .contains(&column.to_string());
+        if !present {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
@@ -128,6 +151,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
+        add_missing_columns(&conn)
+            .with_context(|| format!("upgrading the schema in {}", path.display()))?;
         Ok(Self { conn })
     }
 
@@ -176,8 +201,8 @@ impl Store {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO metrics (run_id, rank, step, epoch, loss, learning_rate,
                  images_per_sec, data_seconds, compute_seconds, allreduce_seconds, grad_norm,
-                 skipped, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 skipped, recorded_at, bad_images)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             let mut probe = tx.prepare_cached(
                 "INSERT OR REPLACE INTO probes (run_id, step, dead_fraction, residual_ratio_a,
@@ -209,7 +234,8 @@ impl Store {
                     m.allreduce_seconds,
                     m.grad_norm,
                     m.skipped,
-                    at
+                    at,
+                    m.bad_images
                 ])?;
             }
         }

@@ -552,3 +552,132 @@ fn imported_timm_weights_initialise_a_run() {
         "{stderr}"
     );
 }
+
+/// Shards packed from real JPEGs (one corrupt) and a bn_inception small enough for seconds.
+const ON_SHARDS: &str = r#"
+[run]
+name = "shards"
+seed = 3
+[cluster]
+world_size = 2
+heartbeat_interval_ms = 200
+[model]
+arch = "bn_inception"
+num_classes = 3
+image_size = 32
+width = 0.125
+dropout = 0.0
+bn_momentum = 0.1
+[data]
+source = "tfrecord"
+path = "SHARDS"
+shuffle_buffer = 8
+threads = 2
+[train]
+batch_size = 8
+epochs = 2
+log_every = 1
+check_replicas_every = 2
+[train.optimizer]
+learning_rate = 0.01
+[train.schedule]
+kind = "constant"
+"#;
+
+#[test]
+fn packed_shards_train_two_workers_and_count_a_corrupt_image() {
+    use incept_common::data::testing::{WNIDS, write_imagenet};
+
+    let fx = Fixture::new("");
+    let images = fx.dir.path().join("imagenet");
+    write_imagenet(&images, 16).unwrap();
+    let corrupt = images.join("train").join(WNIDS[0]).join("zz_corrupt.JPEG");
+    std::fs::write(&corrupt, b"\xFF\xD8\xFF\xE0 truncated before any frame").unwrap();
+    let shards = fx.dir.path().join("shards");
+
+    let mut pack = Command::new(COORDINATOR);
+    pack.args([
+        "dataset",
+        "pack",
+        "--shards",
+        "3",
+        "--val-shards",
+        "1",
+        "--from",
+    ])
+    .arg(&images)
+    .arg("--out")
+    .arg(&shards);
+    let out = run_with_limit(pack, Duration::from_secs(60));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("3 shards") && stdout.contains("49 images"),
+        "{stdout}"
+    );
+
+    let mut inspect = Command::new(COORDINATOR);
+    inspect.args(["dataset", "inspect"]).arg(&shards);
+    let out = run_with_limit(inspect, Duration::from_secs(30));
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("train-00002-of-00003"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("validation-00000-of-00001"), "{stdout}");
+
+    let experiment = ON_SHARDS.replace("SHARDS", &shards.display().to_string());
+    std::fs::write(fx.experiment(), experiment).unwrap();
+    let mut launch = fx.coordinator(&["launch"]);
+    launch.arg(fx.experiment());
+    let out = run_with_limit(launch, Duration::from_secs(300));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // 49 images / (2 workers × 8) = 3 steps per epoch, the remainder of 1 dropped.
+    assert!(stdout.contains("steps 6 "), "{stdout}");
+    assert!(
+        stdout.contains("(6 images)"),
+        "validation on the 6 val images: {stdout}"
+    );
+
+    let db = fx.db();
+    let (rows, bad): (i64, i64) = db
+        .query_row("SELECT COUNT(*), SUM(bad_images) FROM metrics", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(rows, 12, "6 steps × 2 ranks");
+    assert!(
+        (1..=2).contains(&bad),
+        "the corrupt image counted once per epoch read: {bad}"
+    );
+    let run_dir = std::fs::read_dir(fx.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let logs: String = (0..2)
+        .map(|r| std::fs::read_to_string(run_dir.join(format!("worker-{r}.log"))).unwrap())
+        .collect();
+    assert!(
+        logs.contains("image skipped") && logs.contains("byte offset"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_missing_dataset_is_named_before_any_worker_starts() {
+    let missing = "/nonexistent/shards";
+    let fx = Fixture::new(&ON_SHARDS.replace("SHARDS", missing));
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/shards/index.json"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("data.path"), "{stderr}");
+    assert!(!fx.state_dir().exists(), "nothing was created for the run");
+}

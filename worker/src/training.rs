@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
+use incept_common::data::DataPosition;
 use incept_common::model::{import, registry};
 use incept_common::proto::{
     Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics,
@@ -81,6 +82,7 @@ pub fn run(
             step
         }
     };
+    apply_plan(&mut replica, assignment, start)?;
     progress.step.store(start, Ordering::Relaxed);
 
     let total = assignment.total_steps;
@@ -111,7 +113,7 @@ pub fn run(
             && exp.train.probe_every > 0
             && (step + 1).is_multiple_of(exp.train.probe_every)
         {
-            let probe = replica.probe();
+            let probe = replica.probe()?;
             metrics.probe = Some(ProbeMetrics {
                 dead_fraction: probe.dead_fraction,
                 residual_ratios: probe.residual_ratios,
@@ -142,6 +144,41 @@ pub fn run(
         }
     }
     replica.evaluate()
+}
+
+/// Adopts the coordinator's epoch plan: the same shards as the dataset this worker opened, and
+/// the data position a resumed run continues from.
+fn apply_plan(
+    replica: &mut Replica<TrainBackend>,
+    assignment: &Assignment,
+    start: u64,
+) -> anyhow::Result<()> {
+    let Some(plan) = &assignment.data_plan else {
+        bail!("the assignment carries no data plan");
+    };
+    let layout = replica.plan().layout();
+    if plan.train_shards != layout.sizes || plan.shuffle_buffer != layout.shuffle_buffer {
+        bail!(
+            "this worker's dataset has {} training shards ({} images), the coordinator planned {} \
+             ({} images): do both see the same data.path?",
+            layout.sizes.len(),
+            layout.samples(),
+            plan.train_shards.len(),
+            plan.train_shards.iter().sum::<u64>()
+        );
+    }
+    if plan.start_step != start {
+        bail!(
+            "the data plan starts at step {}, the checkpoint at step {start}",
+            plan.start_step
+        );
+    }
+    let position = DataPosition {
+        epoch: plan.start_epoch,
+        offset: plan.start_offset,
+    };
+    replica.resume_data(start, position);
+    Ok(())
 }
 
 /// Rank 0's checkpoint writer.
@@ -200,5 +237,6 @@ fn to_metrics(stats: &StepStats) -> StepMetrics {
         grad_norm: stats.grad_norm,
         skipped: stats.skipped,
         probe: None,
+        bad_images: stats.bad_images as u32,
     }
 }

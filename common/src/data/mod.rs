@@ -1,10 +1,30 @@
-//! Training and validation data: sources of labelled images and the plans that split them
-//! between ranks.
+//! Training and validation data: datasets, how they are sharded and planned between ranks, and
+//! the threaded pipeline that turns stored images into model inputs.
+//!
+//! - [`source`]: the [`Source`] trait and opening the dataset an experiment names: the
+//!   [`synthetic`] gratings, Fashion-MNIST [`idx`] files, ILSVRC [`folders`], or TFRecord
+//!   [`shards`] (framing in [`tfrecord`], written by [`pack`]);
+//! - [`plan`]: epoch plans over shards, with resume positions;
+//! - [`image`] and [`augment`]: JPEG decoding and Inception preprocessing;
+//! - [`loader`]: threads that build batches ahead of the training loop.
 
+pub mod augment;
+pub mod folders;
+pub mod idx;
+pub mod image;
+pub mod loader;
+pub mod pack;
 pub mod plan;
+pub mod shards;
+pub mod source;
 pub mod synthetic;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tfrecord;
 
-pub use plan::EpochPlan;
+pub use loader::{Job, Loader, Pipeline};
+pub use plan::{DataPosition, EpochPlan, ShardLayout};
+pub use source::Source;
 pub use synthetic::SyntheticImages;
 
 /// Which part of a dataset a sample comes from.
@@ -21,6 +41,8 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Square image side.
     pub image_size: usize,
+    /// Samples left out because they could not be used (each with its location and reason).
+    pub bad_samples: Vec<String>,
 }
 
 impl Batch {

@@ -10,7 +10,9 @@ use std::f32::consts::PI;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Batch, Split};
+use super::Split;
+use super::plan::ShardLayout;
+use super::source::{RawImage, Sample, SampleError, Source};
 
 /// Orientations a class can take; classes beyond this count also vary the period.
 const ORIENTATIONS: usize = 5;
@@ -24,36 +26,32 @@ pub struct SyntheticImages {
     num_classes: usize,
     image_size: usize,
     noise: f32,
+    train_samples: u64,
+    val_samples: u64,
 }
 
 impl SyntheticImages {
-    pub fn new(seed: u64, num_classes: usize, image_size: usize, noise: f64) -> Self {
+    pub fn new(
+        seed: u64,
+        num_classes: usize,
+        image_size: usize,
+        noise: f64,
+        train_samples: u64,
+        val_samples: u64,
+    ) -> Self {
         Self {
             seed,
             num_classes,
             image_size,
             noise: noise as f32,
+            train_samples,
+            val_samples,
         }
     }
 
     /// The label of a sample, without rendering it.
     pub fn label(&self, split: Split, index: u64) -> usize {
         (self.rng(split, index).random::<u64>() % self.num_classes as u64) as usize
-    }
-
-    /// Renders the samples at `indices` into one batch.
-    pub fn batch(&self, split: Split, indices: &[u64]) -> Batch {
-        let plane = self.image_size * self.image_size;
-        let mut pixels = Vec::with_capacity(indices.len() * 3 * plane);
-        let mut labels = Vec::with_capacity(indices.len());
-        for &index in indices {
-            labels.push(self.render(split, index, &mut pixels) as i64);
-        }
-        Batch {
-            pixels,
-            labels,
-            image_size: self.image_size,
-        }
     }
 
     /// Appends one CHW image to `out`; returns its label.
@@ -95,6 +93,36 @@ impl SyntheticImages {
     }
 }
 
+impl Source for SyntheticImages {
+    fn len(&self, split: Split) -> u64 {
+        match split {
+            Split::Train => self.train_samples,
+            Split::Validation => self.val_samples,
+        }
+    }
+
+    fn train_layout(&self) -> ShardLayout {
+        ShardLayout::uniform(self.train_samples)
+    }
+
+    fn read(&self, split: Split, index: u64) -> Result<Sample, SampleError> {
+        let mut pixels = Vec::new();
+        let label = self.render(split, index, &mut pixels);
+        Ok(Sample {
+            label: label as i64,
+            image: RawImage::Ready(pixels),
+        })
+    }
+
+    fn locate(&self, split: Split, index: u64) -> String {
+        format!("synthetic {split:?} sample {index}")
+    }
+
+    fn classes(&self) -> usize {
+        self.num_classes
+    }
+}
+
 /// A standard normal draw (Box–Muller).
 fn standard_normal(rng: &mut impl Rng) -> f32 {
     let u1: f32 = rng.random_range(f32::EPSILON..1.0);
@@ -107,27 +135,41 @@ mod tests {
     use super::*;
 
     fn source() -> SyntheticImages {
-        SyntheticImages::new(7, 10, 32, 0.5)
+        SyntheticImages::new(7, 10, 32, 0.5, 100, 10)
+    }
+
+    fn pixels(src: &SyntheticImages, split: Split, index: u64) -> Vec<f32> {
+        match src.read(split, index).unwrap().image {
+            RawImage::Ready(pixels) => pixels,
+            other => panic!("synthetic images are rendered, got {other:?}"),
+        }
     }
 
     #[test]
     fn samples_are_deterministic_and_distinct() {
-        let a = source().batch(Split::Train, &[3, 4]);
-        let b = source().batch(Split::Train, &[3, 4]);
-        assert_eq!(a, b);
-        let plane = 3 * 32 * 32;
-        assert_ne!(a.pixels[..plane], a.pixels[plane..]);
-        let val = source().batch(Split::Validation, &[3]);
-        assert_ne!(val.pixels[..], a.pixels[..plane]);
+        let src = source();
+        assert_eq!(
+            pixels(&src, Split::Train, 3),
+            pixels(&source(), Split::Train, 3)
+        );
+        assert_ne!(pixels(&src, Split::Train, 3), pixels(&src, Split::Train, 4));
+        assert_ne!(
+            pixels(&src, Split::Validation, 3),
+            pixels(&src, Split::Train, 3)
+        );
     }
 
     #[test]
     fn pixels_are_in_range_and_labels_match() {
-        let batch = source().batch(Split::Train, &[0, 1, 2, 3]);
-        assert_eq!(batch.pixels.len(), 4 * 3 * 32 * 32);
-        assert!(batch.pixels.iter().all(|p| (-1.0..=1.0).contains(p)));
-        for (i, &label) in batch.labels.iter().enumerate() {
-            assert_eq!(label as usize, source().label(Split::Train, i as u64));
+        let src = source();
+        for index in 0..4 {
+            let sample = src.read(Split::Train, index).unwrap();
+            assert_eq!(sample.label as usize, src.label(Split::Train, index));
+            let RawImage::Ready(pixels) = sample.image else {
+                panic!("rendered")
+            };
+            assert_eq!(pixels.len(), 3 * 32 * 32);
+            assert!(pixels.iter().all(|p| (-1.0..=1.0).contains(p)));
         }
     }
 
@@ -147,9 +189,9 @@ mod tests {
     #[test]
     fn noiseless_class_zero_is_vertical_stripes() {
         // Class 0 has orientation 0: its wave runs along x, so without noise every row is equal.
-        let src = SyntheticImages::new(1, 10, 24, 0.0);
+        let src = SyntheticImages::new(1, 10, 24, 0.0, 100, 10);
         let index = (0..).find(|&i| src.label(Split::Train, i) == 0).unwrap();
-        let image = src.batch(Split::Train, &[index]).pixels;
+        let image = pixels(&src, Split::Train, index);
         let row = |c: usize, y: usize| &image[(c * 24 + y) * 24..(c * 24 + y + 1) * 24];
         for c in 0..3 {
             assert!((1..24).all(|y| row(c, y) == row(c, 0)));

@@ -6,13 +6,16 @@
 //! `manifest.toml` with each file's size and CRC-32C. It is written as `.step-N.tmp/`, every
 //! file fsynced, then renamed into place and the parent fsynced: a crash leaves either the old
 //! set of checkpoints or the new one. Readers verify the manifest before trusting any byte.
-//! The data position needs no file: epoch plans are a pure function of (seed, step).
+//! The manifest also records the data position (epoch, samples of its stream consumed), which a
+//! resumed run's plan continues from.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::data::DataPosition;
 
 /// Folder-name prefix of a committed checkpoint.
 const PREFIX: &str = "step-";
@@ -34,6 +37,8 @@ pub struct TrainingState {
     pub average: Option<(u64, Vec<f32>)>,
     /// Consecutive non-finite steps just before this one.
     pub nonfinite_streak: u32,
+    /// The next training sample to read.
+    pub data: DataPosition,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +47,8 @@ struct Manifest {
     step: u64,
     average_updates: Option<u64>,
     nonfinite_streak: u32,
+    data_epoch: u64,
+    data_offset: u64,
     files: Vec<FileEntry>,
 }
 
@@ -116,6 +123,8 @@ pub fn write(
         step: state.step,
         average_updates: state.average.as_ref().map(|(n, _)| *n),
         nonfinite_streak: state.nonfinite_streak,
+        data_epoch: state.data.epoch,
+        data_offset: state.data.offset,
         files,
     };
     let text = toml::to_string(&manifest).expect("a manifest serialises to TOML");
@@ -152,12 +161,21 @@ pub fn read(dir: &Path) -> Result<TrainingState, CheckpointError> {
         velocity: load("velocity.f32")?,
         average,
         nonfinite_streak: manifest.nonfinite_streak,
+        data: position_of(&manifest),
     })
 }
 
-/// Checks every file of the checkpoint in `dir` against its manifest; returns the step.
-pub fn verify_step(dir: &Path) -> Result<u64, CheckpointError> {
-    verify(dir).map(|m| m.step)
+fn position_of(manifest: &Manifest) -> DataPosition {
+    DataPosition {
+        epoch: manifest.data_epoch,
+        offset: manifest.data_offset,
+    }
+}
+
+/// Checks every file of the checkpoint in `dir` against its manifest; returns its step and
+/// data position.
+pub fn verify_position(dir: &Path) -> Result<(u64, DataPosition), CheckpointError> {
+    verify(dir).map(|m| (m.step, position_of(&m)))
 }
 
 fn verify(dir: &Path) -> Result<Manifest, CheckpointError> {
@@ -254,6 +272,10 @@ mod tests {
             velocity: vec![0.25; 3],
             average: Some((step, vec![0.75; 3])),
             nonfinite_streak: 1,
+            data: DataPosition {
+                epoch: 2,
+                offset: 40 + step,
+            },
         }
     }
 
@@ -287,11 +309,11 @@ mod tests {
 
         bytes.truncate(4);
         fs::write(&params, &bytes).unwrap();
-        let err = verify_step(&dir).unwrap_err().to_string();
+        let err = verify_position(&dir).unwrap_err().to_string();
         assert!(err.contains("4 bytes, manifest says 12"), "{err}");
 
         fs::remove_file(dir.join(MANIFEST)).unwrap();
-        assert!(verify_step(&dir).is_err());
+        assert!(verify_position(&dir).is_err());
     }
 
     #[test]

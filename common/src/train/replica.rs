@@ -7,6 +7,7 @@
 //! the flat parameters. Every rank applies the same update to the same parameters, so replicas
 //! stay identical; a step whose loss or gradient is not finite is skipped on every rank alike.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,9 +23,10 @@ use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule};
 use super::schedule::LrSchedule;
 use crate::collective::{ReduceOp, Ring};
-use crate::config::{DataSource, Experiment};
+use crate::config::Experiment;
+use crate::data::augment::Preprocess;
 use crate::data::plan::validation_share;
-use crate::data::{Batch, EpochPlan, Split, SyntheticImages};
+use crate::data::{Batch, DataPosition, EpochPlan, Job, Loader, Pipeline, Split, source};
 use crate::model::params;
 use crate::model::registry::{Network, Probe};
 
@@ -42,6 +44,8 @@ pub struct StepStats {
     pub skipped: bool,
     /// Images this rank processed.
     pub images: usize,
+    /// Images this rank left out because they could not be decoded.
+    pub bad_images: usize,
     pub data: Duration,
     pub compute: Duration,
     pub allreduce: Duration,
@@ -78,7 +82,11 @@ pub struct Replica<B: AutodiffBackend> {
     loss: CrossEntropyLoss<B>,
     schedule: LrSchedule,
     plan: EpochPlan,
-    source: SyntheticImages,
+    pipeline: Arc<Pipeline>,
+    /// The training batches being loaded ahead, and the step they start at.
+    loader: Option<(u64, Loader)>,
+    loader_threads: usize,
+    prefetch: usize,
     accumulate: usize,
     batch_size: usize,
     val_samples: usize,
@@ -94,17 +102,26 @@ pub struct Replica<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Replica<B> {
     /// Wraps `model` (built from `exp.model`), adopting rank 0's parameters so every replica
-    /// starts identical.
+    /// starts identical, and opens the dataset `exp.data` names (with the sample counts the
+    /// coordinator resolved).
     pub fn new(
         exp: &Experiment,
         ring: Ring,
         model: Network<B>,
         device: B::Device,
     ) -> anyhow::Result<Self> {
-        if exp.data.source != DataSource::Synthetic {
+        let source = source::open(exp)?;
+        let counts = (source.len(Split::Train), source.len(Split::Validation));
+        let planned = (exp.data.train_samples as u64, exp.data.val_samples as u64);
+        if counts != planned {
             bail!(
-                "data.source = {:?} is not supported by this build's workers (only \"synthetic\")",
-                exp.data.source
+                "the dataset has {} training and {} validation images, the run was planned for {} \
+                 and {} (did the data at {:?} change since launch?)",
+                counts.0,
+                counts.1,
+                planned.0,
+                planned.1,
+                source::data_root(exp).unwrap_or_default()
             );
         }
         let mut ring = ring;
@@ -145,17 +162,22 @@ impl<B: AutodiffBackend> Replica<B> {
             ),
             plan: EpochPlan::new(
                 exp.run.seed,
-                exp.data.train_samples,
+                source.train_layout(),
                 exp.cluster.world_size,
                 train.batch_size,
                 train.accumulate,
             ),
-            source: SyntheticImages::new(
-                exp.run.seed,
-                exp.model.num_classes,
-                exp.model.image_size,
-                exp.data.noise,
-            ),
+            pipeline: Arc::new(Pipeline {
+                source,
+                preprocess: Preprocess {
+                    image_size: exp.model.image_size,
+                    augment: exp.data.augment.clone(),
+                },
+                seed: exp.run.seed,
+            }),
+            loader: None,
+            loader_threads: exp.data.threads,
+            prefetch: exp.data.prefetch,
             accumulate: train.accumulate,
             batch_size: train.batch_size,
             val_samples: exp.data.val_samples,
@@ -174,6 +196,17 @@ impl<B: AutodiffBackend> Replica<B> {
 
     pub fn model(&self) -> &Network<B> {
         &self.model
+    }
+
+    /// Continues the data at `position` from step `step` on (a resumed run's plan).
+    pub fn resume_data(&mut self, step: u64, position: DataPosition) {
+        self.plan = self.plan.clone().resumed(step, position);
+        self.loader = None;
+    }
+
+    /// The epoch plan this replica reads by.
+    pub fn plan(&self) -> &EpochPlan {
+        &self.plan
     }
 
     /// The trainable parameters in flat module order.
@@ -195,6 +228,7 @@ impl<B: AutodiffBackend> Replica<B> {
                 .as_ref()
                 .map(|a| (a.updates(), a.values().to_vec())),
             nonfinite_streak: self.nonfinite_streak,
+            data: self.plan.position(steps_done),
         }
     }
 
@@ -240,15 +274,25 @@ impl<B: AutodiffBackend> Replica<B> {
         B::seed(&self.device, step_seed(self.seed, step, self.ring.rank()));
         let (mut data, mut compute) = (Duration::ZERO, Duration::ZERO);
         self.buffer.fill(0.0);
-        let (grads_len, rank) = (self.params.len(), self.ring.rank());
-        let mut images = 0;
-        for micro in 0..self.accumulate {
+        let grads_len = self.params.len();
+        let (mut images, mut bad_images) = (0, 0);
+        let mut loader = self.take_loader(step);
+        for _ in 0..self.accumulate {
             let started = Instant::now();
-            let indices = self.plan.micro_batch(step, rank, micro);
-            let batch = self.source.batch(Split::Train, &indices);
+            let batch = loader
+                .next_batch()
+                .expect("the training job list is endless")
+                .with_context(|| format!("loading the data of step {}", step + 1))?;
             images += batch.len();
-            let (inputs, targets) = batch_tensors::<B>(batch, &self.device);
+            bad_images += batch.bad_samples.len();
+            for reason in &batch.bad_samples {
+                tracing::warn!(step = step + 1, "image skipped: {reason}");
+            }
             data += started.elapsed();
+            if batch.is_empty() {
+                continue;
+            }
+            let (inputs, targets) = batch_tensors::<B>(batch, &self.device);
 
             let started = Instant::now();
             let (logits, aux) = self.model.forward_with_aux(inputs);
@@ -262,6 +306,7 @@ impl<B: AutodiffBackend> Replica<B> {
             params::accumulate_grads(&self.model, &grads, &mut self.buffer[..grads_len]);
             compute += started.elapsed();
         }
+        self.loader = Some((step + 1, loader));
 
         let started = Instant::now();
         self.ring
@@ -306,10 +351,60 @@ impl<B: AutodiffBackend> Replica<B> {
             grad_norm,
             skipped,
             images,
+            bad_images,
             data,
             compute,
             allreduce,
         })
+    }
+
+    /// The loader whose next batch is the first micro-batch of `step`: the running one, or a
+    /// new one (at the start, and after a restore or a failed step).
+    fn take_loader(&mut self, step: u64) -> Loader {
+        match self.loader.take() {
+            Some((next, loader)) if next == step => loader,
+            _ => self.training_loader(step),
+        }
+    }
+
+    /// A loader of this rank's micro-batches from step `start` on.
+    fn training_loader(&self, start: u64) -> Loader {
+        let (mut plan, rank, accumulate) = (self.plan.clone(), self.ring.rank(), self.accumulate);
+        let jobs = move |k: u64| {
+            let step = start + k / accumulate as u64;
+            let micro = (k % accumulate as u64) as usize;
+            Some(Job {
+                split: Split::Train,
+                epoch: plan.epoch_of(step),
+                indices: plan.micro_batch(step, rank, micro),
+            })
+        };
+        Loader::spawn(
+            self.pipeline.clone(),
+            jobs,
+            self.loader_threads,
+            self.prefetch,
+        )
+    }
+
+    /// This rank's validation samples in batches, loaded ahead.
+    fn validation_loader(&self) -> Loader {
+        let share = validation_share(self.val_samples, self.ring.rank(), self.ring.world_size());
+        let chunks: Arc<Vec<Vec<u64>>> =
+            Arc::new(share.chunks(self.batch_size).map(<[u64]>::to_vec).collect());
+        let jobs = move |k: u64| {
+            chunks.get(k as usize).map(|indices| Job {
+                split: Split::Validation,
+                epoch: 0,
+                indices: indices.clone(),
+            })
+        };
+        Loader::spawn(
+            self.pipeline.clone(),
+            jobs,
+            self.loader_threads,
+            self.prefetch,
+        )
     }
 
     /// Verifies that every replica holds bit-identical parameters: each rank contributes the
@@ -346,11 +441,16 @@ impl<B: AutodiffBackend> Replica<B> {
 
     /// Runs the dead-unit probe with the current weights on the first validation batch (the same
     /// images every time, so successive probes are comparable).
-    pub fn probe(&self) -> Probe {
+    pub fn probe(&self) -> anyhow::Result<Probe> {
         let indices: Vec<u64> = (0..self.batch_size.min(self.val_samples) as u64).collect();
-        let batch = self.source.batch(Split::Validation, &indices);
+        let job = Job {
+            split: Split::Validation,
+            epoch: 0,
+            indices,
+        };
+        let batch = self.pipeline.load(&job)?;
         let (images, _) = batch_tensors::<B::InnerBackend>(batch, &self.device);
-        self.model.valid().probe(images)
+        Ok(self.model.valid().probe(images))
     }
 
     /// Evaluates this rank's share of the validation split (with the weight average when
@@ -361,11 +461,18 @@ impl<B: AutodiffBackend> Replica<B> {
             .as_ref()
             .map_or(&self.params[..], WeightAverage::values);
         let model = params::load_params(self.model.clone(), weights).valid();
-        let share = validation_share(self.val_samples, self.ring.rank(), self.ring.world_size());
         let loss = CrossEntropyLossConfig::new().init(&self.device);
         let mut totals = [0f32; 4]; // top-1, top-5, samples, summed loss
-        for chunk in share.chunks(self.batch_size) {
-            let batch = self.source.batch(Split::Validation, chunk);
+        let mut loader = self.validation_loader();
+        while let Some(batch) = loader.next_batch() {
+            let batch = batch.context("loading validation data")?;
+            for reason in &batch.bad_samples {
+                tracing::warn!("validation image skipped: {reason}");
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let count = batch.len() as f32;
             let (inputs, targets) = batch_tensors::<B::InnerBackend>(batch, &self.device);
             let logits = model.forward(inputs);
             let batch_loss: f32 = loss
@@ -375,8 +482,8 @@ impl<B: AutodiffBackend> Replica<B> {
             let [top1, top5] = [1, 5].map(|k| hits_within_top(logits.clone(), targets.clone(), k));
             totals[0] += top1 as f32;
             totals[1] += top5 as f32;
-            totals[2] += chunk.len() as f32;
-            totals[3] += batch_loss * chunk.len() as f32;
+            totals[2] += count;
+            totals[3] += batch_loss * count;
         }
         self.ring
             .all_reduce(&mut totals, ReduceOp::Sum)

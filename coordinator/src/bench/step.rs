@@ -3,16 +3,17 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use burn::tensor::backend::Backend;
 use incept_common::TrainBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
 use incept_common::model::registry;
 use incept_common::train::Replica;
+
+use super::{median, peak_rss_mib, run_json_script, threads};
 
 /// What to measure.
 pub struct StepBench<'a> {
@@ -44,7 +45,7 @@ struct Measurement {
 }
 
 /// Runs the benchmark and prints the table (and the ratio when comparing).
-pub fn step(bench: &StepBench<'_>) -> anyhow::Result<()> {
+pub fn run(bench: &StepBench<'_>) -> anyhow::Result<()> {
     eprintln!(
         "measuring {} × batch {} at {} px: {} warm-up + {} timed steps…",
         bench.arch, bench.batch, bench.image_size, bench.warmup, bench.steps
@@ -110,72 +111,24 @@ fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
 }
 
 fn measure_script(script: &Path, bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
-    let output = Command::new("python3")
-        .arg(script)
-        .args(["--arch", bench.arch])
-        .args(["--batch", &bench.batch.to_string()])
-        .args(["--image-size", &bench.image_size.to_string()])
-        .args(["--steps", &bench.steps.to_string()])
-        .args(["--warmup", &bench.warmup.to_string()])
-        .args(["--threads", &threads().to_string()])
-        .output()
-        .with_context(|| format!("running python3 {}", script.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .with_context(|| format!("{} printed no JSON result: {stdout}", script.display()))?;
-    let result: ScriptResult = serde_json::from_str(line)
-        .with_context(|| format!("{} printed an unexpected result: {line}", script.display()))?;
+    let threads = threads().to_string();
+    let (batch, size) = (bench.batch.to_string(), bench.image_size.to_string());
+    let (steps, warmup) = (bench.steps.to_string(), bench.warmup.to_string());
+    let result: ScriptResult = run_json_script(
+        script,
+        &[
+            ("--arch", bench.arch),
+            ("--batch", &batch),
+            ("--image-size", &size),
+            ("--steps", &steps),
+            ("--warmup", &warmup),
+            ("--threads", &threads),
+        ],
+    )?;
     Ok(Measurement {
-        label: format!("PyTorch {} (timm, {} thr)", result.torch, threads()),
+        label: format!("PyTorch {} (timm, {threads} thr)", result.torch),
         median_step_ms: result.median_step_ms,
         images_per_sec: result.images_per_sec,
         peak_rss_mib: result.peak_rss_mib,
     })
-}
-
-/// Compute threads: `RAYON_NUM_THREADS` if set, else every core.
-fn threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// This process's peak resident set (`VmHWM`), in MiB.
-fn peak_rss_mib() -> anyhow::Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(kib / 1024.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 3.0);
-    }
 }
