@@ -1,10 +1,13 @@
-//! Pixels: JPEG decoding to RGB and one fused crop + resize + flip + normalise pass.
+//! Pixels: JPEG decoding to RGB, then crop + resize + flip + normalise.
 //!
-//! The resampler is separable with a triangle (bilinear) kernel widened by the scale factor
-//! when shrinking, as PIL's antialiased bilinear: a horizontal pass over only the crop's rows
-//! into a small f32 buffer, then a vertical pass that writes CHW floats in [-1, 1] directly.
-//! Mirroring is folded into the horizontal coefficients, so a flip costs nothing.
+//! Resizing is `fast_image_resize`'s SIMD convolution with a bilinear kernel widened when
+//! shrinking (antialiased, as PIL's), on 8-bit RGB as PIL and torchvision do; the last pass
+//! mirrors (for a flip) and writes CHW floats in [-1, 1] in one sweep.
 
+use std::cell::RefCell;
+
+use fast_image_resize::images::{CroppedImage, Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
@@ -83,103 +86,47 @@ pub struct CropBox {
     pub height: usize,
 }
 
-/// Per output pixel: the first source pixel of its window and the window's weights.
-struct Taps {
-    starts: Vec<usize>,
-    /// `width` weights per output pixel (zero-padded).
-    weights: Vec<f32>,
-    width: usize,
+thread_local! {
+    /// Each loader thread keeps its resizer (it caches CPU-feature choices and buffers).
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }
 
-impl Taps {
-    /// Taps mapping `len` source pixels starting at `origin` onto `out` pixels.
-    fn new(origin: usize, len: usize, out: usize, mirror: bool) -> Self {
-        let scale = len as f64 / out as f64;
-        let support = scale.max(1.0);
-        let width = (2.0 * support).ceil() as usize + 1;
-        let mut starts = Vec::with_capacity(out);
-        let mut weights = vec![0.0f32; out * width];
-        for i in 0..out {
-            let source = if mirror { out - 1 - i } else { i };
-            let center = (source as f64 + 0.5) * scale;
-            let lo = ((center - support).floor().max(0.0) as usize).min(len - 1);
-            let hi = ((center + support).ceil() as usize).min(len);
-            let row = &mut weights[i * width..(i + 1) * width];
-            let mut total = 0.0;
-            for (k, j) in (lo..hi).take(width).enumerate() {
-                let w = (1.0 - ((j as f64 + 0.5 - center) / support).abs()).max(0.0);
-                row[k] = w as f32;
-                total += w;
-            }
-            if total > 0.0 {
-                row.iter_mut().for_each(|w| *w /= total as f32);
-            } else {
-                row[0] = 1.0;
-            }
-            starts.push(origin + lo);
-        }
-        Self {
-            starts,
-            weights,
-            width,
-        }
-    }
-
-    fn window(&self, i: usize) -> (usize, &[f32]) {
-        (
-            self.starts[i],
-            &self.weights[i * self.width..(i + 1) * self.width],
-        )
-    }
-}
-
-/// Resizes `crop` of `image` to `side`×`side`, mirrored when `flip`, into `out` as CHW floats
-/// scaled from [0, 255] to [-1, 1].
+/// Resizes `crop` of `image` to `side`×`side` (antialiased bilinear), mirrored when `flip`, into
+/// `out` as CHW floats scaled from [0, 255] to [-1, 1].
 pub fn crop_resize_into(image: &Rgb8, crop: CropBox, side: usize, flip: bool, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * side * side, "output buffer size");
-    let columns = Taps::new(crop.x, crop.width, side, flip);
-    let rows = Taps::new(crop.y, crop.height, side, false);
-    let stride = image.width * 3;
-    let clamp = |x: usize, max: usize| x.min(max - 1);
+    let src = ImageRef::new(
+        image.width as u32,
+        image.height as u32,
+        &image.data,
+        PixelType::U8x3,
+    )
+    .expect("an RGB8 image holds width × height × 3 bytes");
+    // A view of the crop alone: as crop-then-resize, no pixel outside it is sampled.
+    let cropped = CroppedImage::new(
+        &src,
+        crop.x as u32,
+        crop.y as u32,
+        crop.width as u32,
+        crop.height as u32,
+    )
+    .expect("crop boxes lie inside their image");
+    let mut resized = Image::new(side as u32, side as u32, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&cropped, &mut resized, &options))
+        .expect("resizing between two RGB8 images");
 
-    // Horizontal pass over the crop's rows: source rows → `side` RGB columns.
-    let first_row = rows.starts[0];
-    let last_row = clamp(rows.starts[side - 1] + rows.width, image.height);
-    let mut horizontal = vec![0.0f32; (last_row + 1 - first_row) * side * 3];
-    for (r, y) in (first_row..=last_row).enumerate() {
-        let src = &image.data[y * stride..(y + 1) * stride];
-        let dst = &mut horizontal[r * side * 3..(r + 1) * side * 3];
-        for x in 0..side {
-            let (start, weights) = columns.window(x);
-            let mut acc = [0.0f32; 3];
-            for (k, &w) in weights.iter().enumerate() {
-                let p = clamp(start + k, image.width) * 3;
-                acc[0] += w * f32::from(src[p]);
-                acc[1] += w * f32::from(src[p + 1]);
-                acc[2] += w * f32::from(src[p + 2]);
-            }
-            dst[x * 3..x * 3 + 3].copy_from_slice(&acc);
-        }
-    }
-
-    // Vertical pass, writing normalised planes.
-    let plane = side * side;
-    let mut line = vec![0.0f32; side * 3];
-    for y in 0..side {
-        let (start, weights) = rows.window(y);
-        line.fill(0.0);
-        for (k, &w) in weights.iter().enumerate() {
-            if w == 0.0 {
-                continue;
-            }
-            let r = clamp(start + k, image.height) - first_row;
-            let src = &horizontal[r * side * 3..(r + 1) * side * 3];
-            line.iter_mut().zip(src).for_each(|(acc, &v)| *acc += w * v);
-        }
-        for x in 0..side {
-            for c in 0..3 {
-                out[c * plane + y * side + x] = (line[x * 3 + c] / 127.5 - 1.0).clamp(-1.0, 1.0);
-            }
+    let (pixels, plane) = (resized.buffer(), side * side);
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (y, row) in pixels.chunks_exact(side * 3).enumerate() {
+        let line = y * side;
+        for (x, rgb) in row.chunks_exact(3).enumerate() {
+            let at = line + if flip { side - 1 - x } else { x };
+            red[at] = f32::from(rgb[0]) / 127.5 - 1.0;
+            green[at] = f32::from(rgb[1]) / 127.5 - 1.0;
+            blue[at] = f32::from(rgb[2]) / 127.5 - 1.0;
         }
     }
 }

@@ -178,7 +178,7 @@ fn measure_incept(bench: &DataBench<'_>, images: &[RawImage]) -> anyhow::Result<
     });
     let (count, seconds) = outcome.map_err(anyhow::Error::msg)?;
     Ok(Measurement {
-        label: "incept (zune-jpeg + fused resize)".into(),
+        label: "incept (zune-jpeg + fast_image_resize)".into(),
         images: count,
         seconds,
     })
