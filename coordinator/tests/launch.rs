@@ -178,7 +178,7 @@ fn launch_trains_two_workers_and_records_metrics() {
 }
 
 #[test]
-fn paper_config_without_imagenet_fails_fast_naming_the_path() {
+fn paper_config_without_imagenet_shards_fails_fast_naming_the_path() {
     let fx = Fixture::new("");
     let mut cmd = fx.coordinator(&["launch"]);
     cmd.arg(workspace_file("experiments/irv2_scale0.2.toml"));
@@ -188,7 +188,7 @@ fn paper_config_without_imagenet_fails_fast_naming_the_path() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("/data/imagenet/train") && stderr.contains("does not exist"),
+        stderr.contains("/data/imagenet-tfrecord/index.json") && stderr.contains("does not exist"),
         "{stderr}"
     );
 }

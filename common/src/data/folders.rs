@@ -1,6 +1,8 @@
 //! The ILSVRC-2012 folder layout: `train/<wnid>/*.JPEG`, and `val/` either as the same per-class
-//! folders or flat (`ILSVRC2012_val_*.JPEG`) with a ground-truth file of one wnid per line in
-//! file-name order (the form TensorFlow's `imagenet_2012_validation_synset_labels.txt` takes).
+//! folders or flat (`ILSVRC2012_val_*.JPEG`) with a ground-truth file in file-name order: one
+//! wnid per line (TensorFlow's `imagenet_2012_validation_synset_labels.txt`), or the devkit's
+//! `ILSVRC2012_validation_ground_truth.txt` of numeric ILSVRC2012_IDs, read through the
+//! `meta.mat` beside it.
 //!
 //! Classes are the training folders in sorted order, so label `k` is the `k`-th wnid.
 
@@ -146,11 +148,15 @@ fn flat_validation(
     };
     let text = fs::read_to_string(&labels_path)
         .map_err(|e| anyhow::anyhow!("{} (data.val_labels): {e}", labels_path.display()))?;
-    let lines: Vec<&str> = text
+    let mut lines: Vec<String> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
+        .map(str::to_string)
         .collect();
+    if lines.iter().all(|l| l.parse::<u32>().is_ok()) {
+        lines = devkit_wnids(&labels_path, &lines)?;
+    }
     anyhow::ensure!(
         lines.len() == images.len(),
         "{} has {} labels for the {} images of {}",
@@ -164,15 +170,40 @@ fn flat_validation(
         .zip(lines)
         .enumerate()
         .map(|(i, (path, wnid))| {
-            let label = synsets.binary_search(&wnid.to_string()).map_err(|_| {
+            let label = synsets.binary_search(&wnid).map_err(|_| {
                 anyhow::anyhow!(
-                    "{} line {}: {wnid:?} is not a class folder of train/ (the devkit's numeric \
-                     ILSVRC2012_IDs must first be mapped to wnids)",
+                    "{} line {}: {wnid:?} is not a class folder of train/",
                     labels_path.display(),
                     i + 1
                 )
             })?;
             Ok(LabelledFile { path, label })
+        })
+        .collect()
+}
+
+/// The devkit's numeric ground truth as wnids, through the `meta.mat` beside it.
+fn devkit_wnids(labels_path: &Path, ids: &[String]) -> anyhow::Result<Vec<String>> {
+    let meta = labels_path.with_file_name("meta.mat");
+    anyhow::ensure!(
+        meta.is_file(),
+        "{} holds numeric ILSVRC2012_IDs: the devkit's {} is needed beside it to map them to wnids",
+        labels_path.display(),
+        meta.display()
+    );
+    let by_id = super::devkit::synsets_by_id(&meta)?;
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let id: u32 = id.parse().expect("checked numeric");
+            by_id.get(&id).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} line {}: ILSVRC2012_ID {id} is not in {}",
+                    labels_path.display(),
+                    i + 1,
+                    meta.display()
+                )
+            })
         })
         .collect()
 }

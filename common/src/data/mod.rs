@@ -5,10 +5,12 @@
 //!   [`synthetic`] gratings, Fashion-MNIST [`idx`] files, ILSVRC [`folders`], or TFRecord
 //!   [`shards`] (framing in [`tfrecord`], written by [`pack`]);
 //! - [`plan`]: epoch plans over shards, with resume positions;
+//! - [`devkit`]: the ILSVRC-2012 devkit's `meta.mat`, for numeric validation labels;
 //! - [`image`] and [`augment`]: JPEG decoding and Inception preprocessing;
 //! - [`loader`]: threads that build batches ahead of the training loop.
 
 pub mod augment;
+pub mod devkit;
 pub mod folders;
 pub mod idx;
 pub mod image;
