@@ -233,7 +233,18 @@ fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
     let exp = Experiment::from_toml(&resolved)?;
     let origin = format!("run {run_id}");
     check_data_paths(&exp, &origin)?;
-    let layout = open_dataset(&mut exp.clone(), &origin)?;
+    let mut reopened = exp.clone();
+    let layout = open_dataset(&mut reopened, &origin)?;
+    if reopened.data != exp.data {
+        bail!(
+            "the dataset of {origin} changed since it started: {} training and {} validation \
+             images now, {} and {} then",
+            reopened.data.train_samples,
+            reopened.data.val_samples,
+            exp.data.train_samples,
+            exp.data.val_samples
+        );
+    }
     let mut resume_from = None;
     for (step, path) in store.checkpoints(run_id)? {
         match checkpoint::verify_position(&path) {
