@@ -21,6 +21,13 @@ fn make_ilsvrc(root: &Path, per_class: usize) {
     write_imagenet(root, per_class).unwrap();
 }
 
+/// A file of `common/tests/fixtures` (see experiments/baselines/make_data_fixtures.py).
+fn fixture(name: &str) -> PathBuf {
+    [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", name]
+        .iter()
+        .collect()
+}
+
 fn options(train_shards: usize) -> PackOptions {
     PackOptions {
         train_shards,
@@ -155,6 +162,35 @@ fn a_flat_val_folder_reads_its_ground_truth_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("data.val_labels"), "{err}");
+
+    // The devkit's numeric ILSVRC2012_IDs, mapped through the meta.mat beside them.
+    let devkit = root.path().join("devkit").join("data");
+    fs::create_dir_all(&devkit).unwrap();
+    let truth_file = devkit.join("ILSVRC2012_validation_ground_truth.txt");
+    fs::write(&truth_file, "1\n2\n3\n1\n").unwrap();
+    let err = ImagenetFolders::open(root.path(), Some(&truth_file))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("meta.mat") && err.contains("numeric"), "{err}");
+    fs::copy(fixture("devkit_meta.mat"), devkit.join("meta.mat")).unwrap();
+    let folders = ImagenetFolders::open(root.path(), Some(&truth_file)).unwrap();
+    let labels: Vec<usize> = folders
+        .files(Split::Validation)
+        .iter()
+        .map(|f| f.label)
+        .collect();
+    assert_eq!(
+        labels, truth,
+        "ID 1 is n01484850 (label 2), 2 is n01440764, 3 is n01443537"
+    );
+    fs::write(&truth_file, "1\n2\n9\n1\n").unwrap();
+    let err = ImagenetFolders::open(root.path(), Some(&truth_file))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 3") && err.contains("ILSVRC2012_ID 9"),
+        "{err}"
+    );
     fs::write(
         root.path().join("val_truth.txt"),
         "n01440764\n490\nn01443537\nn01440764\n",
@@ -335,15 +371,7 @@ fn grayscale_and_cmyk_jpegs_become_rgb() {
     assert_eq!((gray.width, gray.height), (20, 10));
     assert!(gray.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
 
-    let fixture: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "tests",
-        "fixtures",
-        "cmyk_red_blue.jpg",
-    ]
-    .iter()
-    .collect();
-    let cmyk = Rgb8::decode_jpeg(&fs::read(fixture).unwrap()).unwrap();
+    let cmyk = Rgb8::decode_jpeg(&fs::read(fixture("cmyk_red_blue.jpg")).unwrap()).unwrap();
     assert_eq!((cmyk.width, cmyk.height), (40, 30));
     let pixel = |x: usize, y: usize| &cmyk.data[(y * 40 + x) * 3..(y * 40 + x) * 3 + 3];
     let (left, right) = (pixel(5, 15), pixel(35, 15));
