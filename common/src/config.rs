@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::collective::WireFormat;
+
 /// Environment variable prefix; `INCEPT__TRAIN__BATCH_SIZE=8` sets `train.batch_size`.
 pub const ENV_PREFIX: &str = "INCEPT";
 /// Separator between the prefix, sections and keys in environment variable names.
@@ -89,6 +91,14 @@ pub struct ClusterSection {
     pub heartbeat_timeout_s: u64,
     /// Deadline of every collective operation (ring connection, all-reduce, broadcast).
     pub collective_timeout_s: u64,
+    /// How workers all-reduce gradients.
+    pub backend: CollectiveBackend,
+    /// Gradient bucket size: bucket `k` is all-reduced while bucket `k + 1` is packed.
+    /// (Fractions allowed: tests use small buckets to exercise several on tiny models.)
+    pub bucket_mib: f64,
+    /// Format gradients travel in between workers: `f32` (exact), or `f16`/`bf16` to halve
+    /// the traffic at some precision (the reduction itself stays in f32).
+    pub gradient_wire: WireFormat,
     /// CPU threads each locally launched worker computes with.
     pub threads_per_worker: usize,
 }
@@ -103,9 +113,22 @@ impl Default for ClusterSection {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_s: 60,
             collective_timeout_s: 300,
+            backend: CollectiveBackend::Ring,
+            bucket_mib: 25.0,
+            gradient_wire: WireFormat::F32,
             threads_per_worker: 1,
         }
     }
+}
+
+/// The communicator between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectiveBackend {
+    /// TCP ring on the CPUs: works everywhere.
+    Ring,
+    /// NCCL on the GPUs: workers built with the `cuda` feature, one GPU each.
+    Nccl,
 }
 
 /// The network to train.
@@ -530,6 +553,18 @@ impl Experiment {
             "must exceed the heartbeat interval",
         );
         check.at_least("cluster.collective_timeout_s", c.collective_timeout_s, 1);
+        check.require(
+            c.bucket_mib * 1048576.0 >= 4.0 && c.bucket_mib <= 4096.0,
+            "cluster.bucket_mib",
+            c.bucket_mib,
+            "must hold at least one f32 value (4 bytes) and at most 4096 MiB",
+        );
+        check.require(
+            c.backend == CollectiveBackend::Ring || c.gradient_wire == WireFormat::F32,
+            "cluster.gradient_wire",
+            c.gradient_wire,
+            "must be f32 with cluster.backend = \"nccl\" (NCCL reduces in the wire type)",
+        );
         check.at_least("cluster.threads_per_worker", c.threads_per_worker, 1);
 
         let m = &self.model;

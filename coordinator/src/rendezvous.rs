@@ -1,5 +1,6 @@
 //! Rank assignment: joins are collected until the world is complete, then every waiting worker
-//! is released with the same peer list (like torchrun's c10d store).
+//! is released with the same peer list and rank 0's NCCL unique id (like torchrun's c10d
+//! store).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,13 +8,20 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::Status;
 
-/// Ring listener addresses by rank, published once every rank has joined.
-pub type Peers = Arc<Vec<String>>;
+/// What every rank needs to connect to the others, published once every rank has joined.
+#[derive(Debug, PartialEq)]
+pub struct Roster {
+    /// Ring listener addresses by rank.
+    pub peers: Vec<String>,
+    /// Rank 0's NCCL unique id (empty unless it sent one).
+    pub nccl_id: Vec<u8>,
+}
 
 pub struct Rendezvous {
     world_size: usize,
     joined: Mutex<Vec<String>>,
-    complete: watch::Sender<Option<Peers>>,
+    nccl_id: Mutex<Vec<u8>>,
+    complete: watch::Sender<Option<Arc<Roster>>>,
 }
 
 impl Rendezvous {
@@ -21,12 +29,14 @@ impl Rendezvous {
         Self {
             world_size,
             joined: Mutex::new(Vec::with_capacity(world_size)),
+            nccl_id: Mutex::new(Vec::new()),
             complete: watch::channel(None).0,
         }
     }
 
-    /// Registers a worker's ring address and returns its rank; `Err` once the run is full.
-    pub fn register(&self, ring_addr: String) -> Result<u32, Status> {
+    /// Registers a worker's ring address (and NCCL id, kept from rank 0) and returns its rank;
+    /// `Err` once the run is full.
+    pub fn register(&self, ring_addr: String, nccl_id: Vec<u8>) -> Result<u32, Status> {
         let mut joined = self.joined.lock().expect("rendezvous lock");
         if joined.len() == self.world_size {
             return Err(Status::resource_exhausted(format!(
@@ -35,14 +45,21 @@ impl Rendezvous {
             )));
         }
         joined.push(ring_addr);
+        let mut rank0_id = self.nccl_id.lock().expect("rendezvous lock");
+        if joined.len() == 1 {
+            *rank0_id = nccl_id;
+        }
         if joined.len() == self.world_size {
-            self.complete.send_replace(Some(Arc::new(joined.clone())));
+            self.complete.send_replace(Some(Arc::new(Roster {
+                peers: joined.clone(),
+                nccl_id: rank0_id.clone(),
+            })));
         }
         Ok(joined.len() as u32 - 1)
     }
 
     /// Waits until every rank has joined.
-    pub async fn wait(&self, timeout: Duration) -> Result<Peers, Status> {
+    pub async fn wait(&self, timeout: Duration) -> Result<Arc<Roster>, Status> {
         let mut rx = self.complete.subscribe();
         match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
             Ok(Ok(peers)) => Ok(peers.clone().expect("waited for Some")),
@@ -72,22 +89,23 @@ mod tests {
     #[tokio::test]
     async fn releases_everyone_once_full_and_rejects_extras() {
         let rv = Arc::new(Rendezvous::new(2));
-        assert_eq!(rv.register("a:1".into()).unwrap(), 0);
+        assert_eq!(rv.register("a:1".into(), vec![7; 128]).unwrap(), 0);
         let waiter = tokio::spawn({
             let rv = rv.clone();
             async move { rv.wait(Duration::from_secs(5)).await }
         });
-        assert_eq!(rv.register("b:2".into()).unwrap(), 1);
-        let peers = waiter.await.unwrap().unwrap();
-        assert_eq!(*peers, vec!["a:1".to_string(), "b:2".to_string()]);
-        let extra = rv.register("c:3".into()).unwrap_err();
+        assert_eq!(rv.register("b:2".into(), vec![9; 128]).unwrap(), 1);
+        let roster = waiter.await.unwrap().unwrap();
+        assert_eq!(roster.peers, ["a:1", "b:2"]);
+        assert_eq!(roster.nccl_id, [7; 128], "rank 0's id, for every rank");
+        let extra = rv.register("c:3".into(), Vec::new()).unwrap_err();
         assert_eq!(extra.code(), tonic::Code::ResourceExhausted);
     }
 
     #[tokio::test]
     async fn times_out_naming_the_count() {
         let rv = Rendezvous::new(3);
-        rv.register("a:1".into()).unwrap();
+        rv.register("a:1".into(), Vec::new()).unwrap();
         let err = rv.wait(Duration::from_millis(50)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
         assert!(err.message().contains("1 of 3"), "{}", err.message());

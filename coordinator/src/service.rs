@@ -124,17 +124,27 @@ impl Coordinator for CoordinatorService {
                 request.ring_addr
             )));
         }
-        let rank = self.run.rendezvous.register(request.ring_addr.clone())?;
+        if !matches!(request.nccl_id.len(), 0 | 128) {
+            return Err(Status::invalid_argument(format!(
+                "nccl_id holds {} bytes; an NCCL unique id has 128",
+                request.nccl_id.len()
+            )));
+        }
+        let rank = self
+            .run
+            .rendezvous
+            .register(request.ring_addr.clone(), request.nccl_id.clone())?;
         self.emit(Event::Joined {
             rank,
             request: request.clone(),
         })?;
-        let peers = self.run.rendezvous.wait(self.run.join_timeout).await?;
+        let roster = self.run.rendezvous.wait(self.run.join_timeout).await?;
         Ok(Response::new(Assignment {
             run_id: self.run.run_id.clone(),
             rank,
             world_size: self.run.world_size,
-            peers: peers.to_vec(),
+            peers: roster.peers.clone(),
+            nccl_id: roster.nccl_id.clone(),
             experiment_toml: self.run.experiment_toml.clone(),
             total_steps: self.run.total_steps,
             heartbeat_interval_ms: self.run.heartbeat_interval_ms,

@@ -4,6 +4,7 @@
 //! A library so that the `coordinator` binary can also act as a worker (`coordinator worker`)
 //! when no `worker` binary sits next to it, e.g. after `cargo run --bin coordinator`.
 
+mod communicator;
 mod session;
 mod training;
 
@@ -56,7 +57,9 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let ring_addr = listener.local_addr()?;
     let mut session =
         session::Session::connect(&args.coordinator, &args.token, args.connect_attempts).await?;
-    let assignment = session.join(ring_addr).await?;
+    let assignment = session
+        .join(ring_addr, communicator::nccl_id_for_join())
+        .await?;
     tracing::info!(
         run = %assignment.run_id,
         rank = assignment.rank,

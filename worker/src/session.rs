@@ -2,7 +2,7 @@
 //! heartbeat, stream metrics, report the result.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -74,13 +74,19 @@ impl Session {
         bail!("could not reach the coordinator at {url} after {attempts} attempts: {last_error}")
     }
 
-    /// Joins the run; returns once every rank has joined.
-    pub async fn join(&mut self, ring_addr: std::net::SocketAddr) -> anyhow::Result<Assignment> {
+    /// Joins the run; returns once every rank has joined. `nccl_id` is this worker's offer of
+    /// the run's NCCL unique id (empty when it has none).
+    pub async fn join(
+        &mut self,
+        ring_addr: std::net::SocketAddr,
+        nccl_id: Vec<u8>,
+    ) -> anyhow::Result<Assignment> {
         let request = JoinRequest {
             worker_id: format!("{}-{}", hostname(), std::process::id()),
             hostname: hostname(),
             ring_addr: ring_addr.to_string(),
             pid: std::process::id(),
+            nccl_id,
         };
         match self.client.join(request).await {
             Ok(reply) => Ok(reply.into_inner()),
@@ -105,10 +111,7 @@ impl Session {
         listener: std::net::TcpListener,
     ) -> anyhow::Result<()> {
         let rank = assignment.rank;
-        let progress = Arc::new(Progress {
-            step: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-        });
+        let progress = Arc::new(Progress::default());
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.client.clone(),
@@ -164,7 +167,7 @@ async fn heartbeat_loop(mut client: Client, rank: u32, every: Duration, progress
         match client.heartbeat(HeartbeatRequest { rank, step }).await {
             Ok(reply) if reply.get_ref().stop => {
                 tracing::warn!("the coordinator stopped the run");
-                progress.stop.store(true, Ordering::Relaxed);
+                progress.stop();
             }
             Ok(_) => {}
             Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),

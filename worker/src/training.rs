@@ -1,14 +1,15 @@
-//! The training loop of one rank: ring, replica, steps, validation.
+//! The training loop of one rank: communicator, replica, steps, validation.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burn::tensor::backend::Backend;
 use incept_common::TrainBackend;
-use incept_common::collective::Ring;
+use incept_common::collective::AbortHandle;
 use incept_common::config::Experiment;
 use incept_common::data::DataPosition;
 use incept_common::model::{import, registry};
@@ -17,6 +18,8 @@ use incept_common::proto::{
 };
 use incept_common::train::checkpoint;
 use incept_common::train::{Evaluation, Replica, StepStats};
+
+use crate::communicator;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What the training thread hands to the reporting task.
@@ -28,11 +31,25 @@ pub enum Report {
 }
 
 /// Shared between the training thread and the heartbeat task.
+#[derive(Default)]
 pub struct Progress {
     /// Optimizer steps completed.
     pub step: AtomicU64,
     /// Set when the coordinator asks the run to stop.
     pub stop: AtomicBool,
+    /// Aborts the ring once it is connected, so a stop also ends a collective blocked on a
+    /// lost peer at once instead of at its deadline.
+    pub abort: OnceLock<AbortHandle>,
+}
+
+impl Progress {
+    /// Asks the training thread to stop, aborting its collectives.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(abort) = self.abort.get() {
+            abort.abort();
+        }
+    }
 }
 
 /// Trains the assigned replica to the end of the run and evaluates it.
@@ -61,7 +78,13 @@ pub fn run(
         );
     }
     let timeout = Duration::from_secs(exp.cluster.collective_timeout_s);
-    let ring = Ring::connect(rank, &peers, listener, timeout).context("connecting the ring")?;
+    let collective =
+        communicator::connect(exp.cluster.backend, assignment, &peers, listener, timeout)?;
+    // Set once per run: this thread is the only writer.
+    let _ = progress.abort.set(collective.abort_handle());
+    if progress.stop.load(Ordering::Relaxed) {
+        bail!("stopped by the coordinator while the workers connected");
+    }
     let device = Default::default();
     TrainBackend::seed(&device, exp.run.seed);
     let mut model = registry::build::<TrainBackend>(&exp.model, &device);
@@ -69,7 +92,7 @@ pub fn run(
         model = import::load_incept(model, weights)?;
         tracing::info!(path = %weights.display(), "initialised from imported weights");
     }
-    let mut replica = Replica::new(&exp, ring, model, device)?;
+    let mut replica = Replica::new(&exp, collective, model, device)?;
     let start = match assignment.resume_from.as_str() {
         "" => 0,
         path => {

@@ -1,19 +1,32 @@
 //! Collective communication between the data-parallel workers of one generation.
 //!
 //! Gradients never pass through the coordinator: every step, the workers average them among
-//! themselves. The coordinator only hands each worker its rank and the listening addresses of
-//! all peers; [`Ring`] then connects each rank to its successor over TCP and runs the
-//! bandwidth-optimal ring algorithm (chunked reduce-scatter followed by all-gather, as Gloo's
-//! `ring_chunked`), so each rank sends about `2 * (W - 1) / W` times the buffer per all-reduce,
-//! whatever the world size `W`.
+//! themselves through a [`Collective`]. The coordinator only hands each worker its rank and the
+//! listening addresses of all peers; [`Ring`] then connects each rank to its successor over TCP
+//! and runs the bandwidth-optimal ring algorithm (chunked reduce-scatter followed by all-gather,
+//! as Gloo's `ring_chunked`), so each rank sends about `2 * (W - 1) / W` times the buffer per
+//! all-reduce, whatever the world size `W`. With the `cuda` feature, `nccl::Nccl` does the same
+//! on GPUs. [`GradientBuckets`] cuts the flat gradient into fixed-size buckets so that packing one
+//! overlaps reducing the previous one.
 //!
-//! Every operation is bounded by the timeout given at connection time: a dead or stalled peer
-//! turns into a [`RingError`] (and a broken ring that must be rebuilt), never a hang, so the
-//! worker can report the failure and re-rendezvous.
+//! Every operation has a deadline: a dead or stalled peer turns into a [`CollectiveError`] (and a
+//! broken communicator that must be rebuilt), never a hang, so the worker can report the failure
+//! and re-rendezvous. [`AbortHandle::abort`] ends a blocked operation from another thread.
 
+mod abort;
+pub mod bucket;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod ring;
+pub mod wire;
 
-pub use ring::{Ring, RingError};
+use std::io;
+use std::net::SocketAddr;
+
+pub use abort::AbortHandle;
+pub use bucket::GradientBuckets;
+pub use ring::Ring;
+pub use wire::WireFormat;
 
 /// Reduction applied by all-reduce.
 ///
@@ -25,4 +38,93 @@ pub enum ReduceOp {
     Sum,
     /// Element-wise sum over all ranks, multiplied by `1 / world_size`.
     Mean,
+}
+
+/// The operations data-parallel training needs from its communicator.
+///
+/// All ranks must call the same operations in the same order with buffers of the same length.
+/// Every call is bounded by the communicator's deadline; after any error but
+/// [`CollectiveError::Invalid`] the communicator is broken and later calls fail at once.
+pub trait Collective: Send {
+    /// This process's rank, `0..world_size`.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+
+    /// In-place all-reduce of `data`, sent between ranks in the `wire` format (reduced in f32).
+    /// Every rank ends with bit-identical values.
+    fn all_reduce(
+        &mut self,
+        data: &mut [f32],
+        op: ReduceOp,
+        wire: WireFormat,
+    ) -> Result<(), CollectiveError>;
+
+    /// Copies `root`'s buffer into every rank's buffer, bit for bit.
+    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError>;
+
+    /// Returns once every rank has called barrier (an all-reduce of one value: no rank can finish
+    /// it before every other rank has contributed).
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        self.all_reduce(&mut [0.0], ReduceOp::Sum, WireFormat::F32)
+    }
+
+    /// A handle that aborts this communicator from any thread.
+    fn abort_handle(&self) -> AbortHandle;
+}
+
+/// Failure of a collective operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    /// Bad arguments (rank or root out of range, zero timeout, world too large).
+    #[error("invalid collective call: {0}")]
+    Invalid(String),
+    /// The next rank's listener could not be reached before the deadline.
+    #[error("rank {rank}: connecting to the next rank at {peer} failed: {source}")]
+    Connect {
+        rank: usize,
+        peer: SocketAddr,
+        source: io::Error,
+    },
+    /// The previous rank did not connect to this rank's listener before the deadline.
+    #[error("rank {rank}: accepting the previous rank's connection on {addr} failed: {source}")]
+    Accept {
+        rank: usize,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// A peer answered with an unexpected rank or world size.
+    #[error("ring handshake failed: {0}")]
+    Handshake(String),
+    /// Sending to or receiving from a neighbour failed, passed the deadline, or found the peer
+    /// gone.
+    #[error("rank {rank}: {op} with {peer} failed: {source}")]
+    Io {
+        rank: usize,
+        op: &'static str,
+        peer: SocketAddr,
+        source: io::Error,
+    },
+    /// A neighbour sent a message of another length or wire format: ranks disagree on the call.
+    #[error(
+        "rank {rank}: message from {peer} holds {got} but {expected} was expected \
+         (do all ranks pass buffers of the same length and wire format?)"
+    )]
+    Mismatch {
+        rank: usize,
+        peer: SocketAddr,
+        expected: String,
+        got: String,
+    },
+    /// [`AbortHandle::abort`] was called.
+    #[error("rank {rank}: the collective was aborted")]
+    Aborted { rank: usize },
+    /// An earlier operation failed, so the communicator may hold partial messages.
+    #[error("rank {rank}: the communicator is broken by an earlier error; rebuild it")]
+    Broken { rank: usize },
+    /// NCCL reported an error (synchronously or through `ncclCommGetAsyncError`).
+    #[cfg(feature = "cuda")]
+    #[error("rank {rank}: NCCL: {message}")]
+    Nccl { rank: usize, message: String },
 }

@@ -1,20 +1,31 @@
 //! TCP ring collectives: each rank holds one connection to the next rank and one from the
 //! previous rank.
 //!
-//! Wire format: every message is an element count (`u64` little-endian) followed by that many
-//! `f32` in host order (little-endian, checked at compile time). The count lets the receiver
-//! detect ranks that call a collective with buffers of different lengths instead of silently
-//! mixing data. Connection setup exchanges a handshake of `rank` and `world_size` (`u32` LE
-//! each) in both directions, so a misrouted connection is rejected before any data flows.
+//! All-reduce is Gloo's `ring_chunked`: the buffer is cut into `W` chunks, `W - 1` reduce-scatter
+//! steps leave each rank owning the full sum of one chunk, `W - 1` all-gather steps pass the
+//! owned chunks around. Each chunk is further cut into segments that are pipelined: a sender
+//! thread forwards segment `s` of a step as soon as the receiving side has reduced it, so several
+//! segments are in flight on each link and reduction overlaps transfer. Sockets have large
+//! buffers and Nagle disabled; the only buffers are two per-ring scratch vectors that are reused.
+//!
+//! Wire format: every message is a 12-byte header, the value count (`u64` LE) and the
+//! [`WireFormat`] code (`u32` LE), then the values (f32 in host order, checked little-endian at
+//! compile time, or 16-bit halves). The header lets the receiver detect ranks that call a
+//! collective with buffers of different lengths or formats instead of silently mixing data.
+//! Connection setup exchanges a handshake of `rank` and `world_size` (`u32` LE each) in both
+//! directions, so a misrouted connection is rejected before any data flows.
 
 use std::fmt::Display;
 use std::io::{self, IoSlice, Read, Write};
+use std::marker::PhantomData;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::ReduceOp;
+use super::{AbortHandle, Collective, CollectiveError, ReduceOp, WireFormat};
 
 const _: () = assert!(
     cfg!(target_endian = "little"),
@@ -28,72 +39,38 @@ const ACCEPT_POLL: Duration = Duration::from_millis(5);
 /// Elements per broadcast message: large enough to amortise the per-message cost, small enough
 /// that downstream ranks start forwarding long before the root has sent everything.
 const BROADCAST_SEGMENT: usize = 64 * 1024;
-
-/// Failure of a ring operation.
-///
-/// A collective that fails with anything but [`RingError::Invalid`] breaks the ring (its
-/// streams are shut down so that neighbours fail fast too); build a new one at the next
-/// rendezvous.
-#[derive(Debug, thiserror::Error)]
-pub enum RingError {
-    /// Bad arguments (rank or root out of range, zero timeout, world too large).
-    #[error("invalid ring configuration: {0}")]
-    Invalid(String),
-    /// The next rank's listener could not be reached before the timeout.
-    #[error("rank {rank}: connecting to the next rank at {peer} failed: {source}")]
-    Connect {
-        rank: usize,
-        peer: SocketAddr,
-        source: io::Error,
-    },
-    /// The previous rank did not connect to this rank's listener before the timeout.
-    #[error("rank {rank}: accepting the previous rank's connection on {addr} failed: {source}")]
-    Accept {
-        rank: usize,
-        addr: SocketAddr,
-        source: io::Error,
-    },
-    /// A peer answered with an unexpected rank or world size.
-    #[error("ring handshake failed: {0}")]
-    Handshake(String),
-    /// Sending to or receiving from a neighbour failed, timed out, or found the peer gone.
-    #[error("rank {rank}: {op} with {peer} failed: {source}")]
-    Io {
-        rank: usize,
-        op: &'static str,
-        peer: SocketAddr,
-        source: io::Error,
-    },
-    /// A neighbour sent a message of a different length: ranks disagree on the buffer size.
-    #[error(
-        "rank {rank}: message from {peer} holds {got} elements but {expected} were expected \
-         (do all ranks pass buffers of the same length?)"
-    )]
-    LengthMismatch {
-        rank: usize,
-        peer: SocketAddr,
-        expected: u64,
-        got: u64,
-    },
-    /// An earlier operation failed, so the streams may hold partial messages.
-    #[error("rank {rank}: ring is broken by an earlier error; rebuild it")]
-    Broken { rank: usize },
-}
+/// Values per pipelined all-reduce segment (512 KiB of f32): small enough that a step's chunk of
+/// a large bucket spans several segments in flight, large enough that the per-message header,
+/// system calls and thread hand-offs stay a small fraction of the transfer.
+const SEGMENT_VALUES: usize = 128 * 1024;
+/// Send and receive buffer requested for every ring socket: a few segments, so that the sender
+/// rarely blocks while the neighbour is busy reducing (Linux caps it at `net.core.wmem_max`).
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// Message header: value count (`u64`) and wire format code (`u32`).
+const HEADER_LEN: usize = 12;
 
 /// A connected ring of `world_size` ranks running all-reduce, broadcast and barrier.
 ///
-/// All ranks must call the same collectives in the same order with buffers of the same length.
 /// A world of one rank opens no sockets and every collective returns at once (a mean over one
-/// rank is the identity).
+/// rank is the identity, and a wire format never rounds a value that is not sent).
 #[derive(Debug)]
 pub struct Ring {
     rank: usize,
     world_size: usize,
+    /// Deadline of every operation, counted from its start.
+    timeout: Duration,
     /// `None` when the world is a single rank: every collective is then the identity.
     links: Option<Links>,
-    /// Reused receive buffer of the reduce-scatter phase (one chunk), so steps do not allocate.
-    recv_buf: Vec<f32>,
+    abort: AbortHandle,
+    /// Reused encode/decode buffers (one segment each), so steps do not allocate.
+    scratch: Scratch,
     broken: bool,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    send: Vec<u8>,
+    recv: Vec<u8>,
 }
 
 impl Ring {
@@ -102,101 +79,291 @@ impl Ring {
     /// Binds nothing: takes a listener the caller already bound (its address was published to
     /// peers as `peers[rank]`), connects to the next rank's address (retrying until `timeout`),
     /// accepts the previous rank's connection (until `timeout`), and verifies a handshake in
-    /// both directions. `timeout` also bounds every later send and receive.
+    /// both directions. `timeout` is also the deadline of every later operation.
     pub fn connect(
         rank: usize,
         peers: &[SocketAddr],
         listener: TcpListener,
         timeout: Duration,
-    ) -> Result<Ring, RingError> {
+    ) -> Result<Ring, CollectiveError> {
         let world_size = peers.len();
         validate(rank, world_size, timeout)?;
+        let abort = AbortHandle::default();
         let links = match world_size {
             1 => None,
-            _ => Some(Links::establish(rank, peers, &listener, timeout)?),
+            _ => {
+                let links = Links::establish(rank, peers, &listener, timeout)?;
+                for stream in [&links.next, &links.prev] {
+                    let clone = stream.try_clone().map_err(|source| CollectiveError::Io {
+                        rank,
+                        op: "cloning a socket for abort",
+                        peer: links.next_addr,
+                        source,
+                    })?;
+                    abort.watch(clone);
+                }
+                Some(links)
+            }
         };
         Ok(Ring {
             rank,
             world_size,
+            timeout,
             links,
-            recv_buf: Vec::new(),
+            abort,
+            scratch: Scratch::default(),
             broken: false,
         })
     }
 
-    /// This process's position in the ring, `0..world_size`.
-    pub fn rank(&self) -> usize {
-        self.rank
-    }
-
-    /// Number of ranks in the ring.
-    pub fn world_size(&self) -> usize {
-        self.world_size
-    }
-
-    /// In-place all-reduce on f32 data.
-    ///
-    /// Chunked reduce-scatter then all-gather over `W` chunks whose sizes differ by at most one
-    /// (lengths need not divide by `W`). Mean = sum then multiply by `1 / W`, applied by the
-    /// chunk's owner before the all-gather, so every rank ends with bit-identical results.
-    pub fn all_reduce(&mut self, data: &mut [f32], op: ReduceOp) -> Result<(), RingError> {
-        let scale = (op == ReduceOp::Mean).then(|| 1.0 / self.world_size as f32);
-        self.with_links(|links, recv_buf| links.all_reduce(data, scale, recv_buf))
-    }
-
-    /// Copies root's buffer into every rank's buffer (pass along the ring).
-    ///
-    /// Used to start every replica from rank 0's parameters. The buffer travels in segments, so
-    /// forwarding is pipelined rather than store-and-forward.
-    pub fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), RingError> {
-        if root >= self.world_size {
-            return Err(RingError::Invalid(format!(
-                "broadcast root {root} is not a rank of a world of size {}",
-                self.world_size
-            )));
-        }
-        self.with_links(|links, _| links.broadcast(data, root))
-    }
-
-    /// Returns once every rank has called barrier (an all-reduce of one float: no rank can
-    /// finish it before every other rank has contributed).
-    pub fn barrier(&mut self) -> Result<(), RingError> {
-        self.all_reduce(&mut [0.0], ReduceOp::Sum)
-    }
-
-    /// Runs `op` on the links, or does nothing for a single rank; breaks the ring on failure.
-    fn with_links(
+    /// Runs `op` on the links before the operation's deadline, or does nothing for a single
+    /// rank; breaks the ring on failure (after an abort, the failure is reported as such).
+    fn run(
         &mut self,
-        op: impl FnOnce(&Links, &mut Vec<f32>) -> Result<(), RingError>,
-    ) -> Result<(), RingError> {
+        op: impl FnOnce(&Links, Instant, &mut Scratch) -> Result<(), CollectiveError>,
+    ) -> Result<(), CollectiveError> {
+        let rank = self.rank;
+        if self.abort.is_aborted() {
+            self.broken = true;
+            return Err(CollectiveError::Aborted { rank });
+        }
         let Some(links) = &self.links else {
             return Ok(());
         };
         if self.broken {
-            return Err(RingError::Broken { rank: self.rank });
+            return Err(CollectiveError::Broken { rank });
         }
-        let result = links.shut_down_on_error(op(links, &mut self.recv_buf));
-        self.broken = result.is_err();
-        result
+        let deadline = Instant::now() + self.timeout;
+        let result = op(links, deadline, &mut self.scratch);
+        if result.is_err() {
+            links.shut_down();
+            self.broken = true;
+        }
+        result.map_err(|error| match self.abort.is_aborted() {
+            true => CollectiveError::Aborted { rank },
+            false => error,
+        })
+    }
+}
+
+impl Collective for Ring {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// Chunks sizes differ by at most one (lengths need not divide by `W`). Mean = sum then
+    /// multiply by `1 / W`, applied (and rounded to the wire format) by the chunk's owner before
+    /// the all-gather, so every rank ends with bit-identical results.
+    fn all_reduce(
+        &mut self,
+        data: &mut [f32],
+        op: ReduceOp,
+        wire: WireFormat,
+    ) -> Result<(), CollectiveError> {
+        let scale = (op == ReduceOp::Mean).then(|| 1.0 / self.world_size as f32);
+        self.run(|links, deadline, scratch| links.all_reduce(data, scale, wire, deadline, scratch))
+    }
+
+    /// Passes the buffer along the ring in segments, so forwarding is pipelined rather than
+    /// store-and-forward.
+    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        if root >= self.world_size {
+            return Err(CollectiveError::Invalid(format!(
+                "broadcast root {root} is not a rank of a world of size {}",
+                self.world_size
+            )));
+        }
+        self.run(|links, deadline, _| links.broadcast(data, root, deadline))
+    }
+
+    fn abort_handle(&self) -> AbortHandle {
+        self.abort.clone()
     }
 }
 
 /// Rejects arguments the ring cannot work with before touching any socket.
-fn validate(rank: usize, world_size: usize, timeout: Duration) -> Result<(), RingError> {
+fn validate(rank: usize, world_size: usize, timeout: Duration) -> Result<(), CollectiveError> {
     if rank >= world_size {
-        return Err(RingError::Invalid(format!(
+        return Err(CollectiveError::Invalid(format!(
             "rank {rank} is not a rank of a world of size {world_size}"
         )));
     }
     if u32::try_from(world_size).is_err() {
-        return Err(RingError::Invalid(format!(
+        return Err(CollectiveError::Invalid(format!(
             "world size {world_size} does not fit the u32 handshake"
         )));
     }
     if timeout.is_zero() {
-        return Err(RingError::Invalid("timeout must be positive".into()));
+        return Err(CollectiveError::Invalid("timeout must be positive".into()));
     }
     Ok(())
+}
+
+/// Which ranges of the buffer one rank sends and receives at each all-reduce unit.
+///
+/// Step `g` of `2 (W - 1)` sends chunk `rank - g` and receives chunk `rank - g - 1` (mod `W`):
+/// the first `W - 1` steps reduce, the rest gather. Every chunk is cut into the same number of
+/// segments, so unit `(g, s)` of the sender is unit `(g - 1, s)` of the receiver.
+struct Schedule {
+    rank: usize,
+    world: usize,
+    len: usize,
+    segments: usize,
+}
+
+impl Schedule {
+    fn new(rank: usize, world: usize, len: usize) -> Self {
+        let segments = len.div_ceil(world).div_ceil(SEGMENT_VALUES).max(1);
+        Schedule {
+            rank,
+            world,
+            len,
+            segments,
+        }
+    }
+
+    fn steps(&self) -> usize {
+        2 * (self.world - 1)
+    }
+
+    /// Units completed once unit `(step, segment)` is (the progress counters count units).
+    fn units_through(&self, step: usize, segment: usize) -> usize {
+        step * self.segments + segment + 1
+    }
+
+    fn sent(&self, step: usize, segment: usize) -> Range<usize> {
+        self.range((self.rank + 2 * self.world - step) % self.world, segment)
+    }
+
+    fn received(&self, step: usize, segment: usize) -> Range<usize> {
+        self.range(
+            (self.rank + 2 * self.world - step - 1) % self.world,
+            segment,
+        )
+    }
+
+    fn is_reduce(&self, step: usize) -> bool {
+        step < self.world - 1
+    }
+
+    fn range(&self, chunk_index: usize, segment: usize) -> Range<usize> {
+        let chunk = chunk(self.len, self.world, chunk_index);
+        let part = self::chunk(chunk.len(), self.segments, segment);
+        chunk.start + part.start..chunk.start + part.end
+    }
+}
+
+/// How far each side of a pipelined all-reduce has come, and whether either side failed.
+#[derive(Default)]
+struct Pipeline {
+    /// Units the receiving side has reduced (or gathered) into the buffer.
+    received: Progress,
+    /// Units the sending side has handed to the kernel.
+    sent: Progress,
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Progress {
+    done: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn advance(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    fn wake(&self) {
+        let _done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+}
+
+impl Pipeline {
+    /// Marks the operation failed and wakes the other side; true for the first failure (whose
+    /// error is the one reported; the other side's is a consequence).
+    fn fail(&self) -> bool {
+        let first = !self.failed.swap(true, Ordering::SeqCst);
+        self.received.wake();
+        self.sent.wake();
+        first
+    }
+
+    /// Blocks until `progress` has completed `units`, the other side fails, or the deadline.
+    fn wait(&self, progress: &Progress, units: usize, deadline: Instant) -> Result<(), Stalled> {
+        let mut done = progress.done.lock().unwrap_or_else(|e| e.into_inner());
+        while *done < units {
+            if self.failed.load(Ordering::SeqCst) {
+                return Err(Stalled::OtherSideFailed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Stalled::Deadline);
+            }
+            done = progress
+                .changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+}
+
+/// Why one side of the pipeline stopped waiting for the other.
+enum Stalled {
+    OtherSideFailed,
+    Deadline,
+}
+
+/// The all-reduce buffer, shared by the receiving side (which writes the ranges it receives)
+/// and the sending thread (which reads the ranges it sends).
+///
+/// The [`Pipeline`] counters order every access: the sender reads a range only after the
+/// receiver finished writing it, and the receiver overwrites a range only after the sender
+/// finished reading it, so no range is ever read and written at once.
+struct SharedBuffer<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _data: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the buffer is only reached through `read` and `write`, whose callers follow the
+// pipeline's ordering (see the type's doc), so sharing it between the two sides is sound.
+unsafe impl Send for SharedBuffer<'_> {}
+unsafe impl Sync for SharedBuffer<'_> {}
+
+impl<'a> SharedBuffer<'a> {
+    fn new(data: &'a mut [f32]) -> Self {
+        SharedBuffer {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            _data: PhantomData,
+        }
+    }
+
+    /// # Safety
+    /// No one writes `range` while the returned slice lives.
+    unsafe fn read(&self, range: Range<usize>) -> &[f32] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked), and the caller guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(range.start), range.len()) }
+    }
+
+    /// # Safety
+    /// No one else reads or writes `range` while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn write(&self, range: Range<usize>) -> &mut [f32] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked), and the caller guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
 }
 
 /// One rank's two connections: it sends to `next` and receives from `prev`.
@@ -221,38 +388,39 @@ impl Links {
         peers: &[SocketAddr],
         listener: &TcpListener,
         timeout: Duration,
-    ) -> Result<Links, RingError> {
+    ) -> Result<Links, CollectiveError> {
+        let deadline = Instant::now() + timeout;
         let world_size = peers.len();
         let next_rank = (rank + 1) % world_size;
         let prev_rank = (rank + world_size - 1) % world_size;
         let next_addr = peers[next_rank];
         let next = connect_within(next_addr, timeout)
-            .and_then(|stream| configure(stream, timeout))
-            .map_err(|source| RingError::Connect {
+            .and_then(configure)
+            .map_err(|source| CollectiveError::Connect {
                 rank,
                 peer: next_addr,
                 source,
             })?;
         let hello = encode_hello(rank, world_size);
         let fail = |op, peer, source| io_error(rank, op, peer, source, timeout);
-        (&next)
-            .write_all(&hello)
+        write_all_by(&next, &mut [IoSlice::new(&hello)], deadline, timeout)
             .map_err(|e| fail("sending the handshake", next_addr, e))?;
 
         let (prev, remote) = accept_within(listener, timeout)
-            .and_then(|(stream, remote)| Ok((configure(stream, timeout)?, remote)))
-            .map_err(|source| RingError::Accept {
+            .and_then(|(stream, remote)| Ok((configure(stream)?, remote)))
+            .map_err(|source| CollectiveError::Accept {
                 rank,
                 addr: peers[rank],
                 source,
             })?;
-        let theirs = read_hello(&prev).map_err(|e| fail("reading the handshake", remote, e))?;
+        let theirs = read_hello(&prev, deadline, timeout)
+            .map_err(|e| fail("reading the handshake", remote, e))?;
         check_hello(rank, world_size, (prev_rank, remote), theirs)?;
-        (&prev)
-            .write_all(&hello)
+        write_all_by(&prev, &mut [IoSlice::new(&hello)], deadline, timeout)
             .map_err(|e| fail("answering the handshake", remote, e))?;
 
-        let theirs = read_hello(&next).map_err(|e| fail("reading the handshake", next_addr, e))?;
+        let theirs = read_hello(&next, deadline, timeout)
+            .map_err(|e| fail("reading the handshake", next_addr, e))?;
         check_hello(rank, world_size, (next_rank, next_addr), theirs)?;
         tracing::debug!(rank, world_size, %next_addr, %remote, "ring connected");
         Ok(Links {
@@ -266,37 +434,133 @@ impl Links {
         })
     }
 
-    /// Ring all-reduce: `W - 1` reduce-scatter steps leave rank `r` owning the full sum of
-    /// chunk `r + 1`; `W - 1` all-gather steps then pass the owned chunks around.
+    /// Pipelined ring all-reduce (see the module doc): this thread receives and reduces, a
+    /// scoped thread sends.
     fn all_reduce(
         &self,
         data: &mut [f32],
         scale: Option<f32>,
-        recv_buf: &mut Vec<f32>,
-    ) -> Result<(), RingError> {
-        let (rank, world) = (self.rank, self.world_size);
-        let len = data.len();
-        // Offsets keep the index non-negative before wrapping around the ring.
-        let chunk_at = |index: usize| chunk(len, world, index % world);
-        recv_buf.resize(len.div_ceil(world), 0.0);
+        wire: WireFormat,
+        deadline: Instant,
+        scratch: &mut Scratch,
+    ) -> Result<(), CollectiveError> {
+        let schedule = Schedule::new(self.rank, self.world_size, data.len());
+        let segment_bytes =
+            data.len().div_ceil(self.world_size).min(SEGMENT_VALUES + 1) * wire.bytes_per_value();
+        scratch.send.resize(segment_bytes, 0);
+        scratch.recv.resize(segment_bytes, 0);
+        let Scratch { send, recv } = scratch;
+        let buffer = SharedBuffer::new(data);
+        let pipeline = Pipeline::default();
+        let (buffer, pipeline, schedule) = (&buffer, &pipeline, &schedule);
+        thread::scope(|scope| {
+            let sender = scope.spawn(move || {
+                self.send_all(schedule, buffer, pipeline, wire, deadline, send)
+                    .map_err(|error| (pipeline.fail(), error))
+            });
+            let received = self
+                .receive_all(schedule, buffer, pipeline, (scale, wire), deadline, recv)
+                .map_err(|error| {
+                    let first = pipeline.fail();
+                    self.shut_down();
+                    (first, error)
+                });
+            let sent = sender
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            match (received, sent) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err((_, error)), Ok(())) | (Ok(()), Err((_, error))) => Err(error),
+                (Err((true, error)), Err(_)) | (Err(_), Err((_, error))) => Err(error),
+            }
+        })
+    }
 
-        for step in 0..world - 1 {
-            let send = chunk_at(rank + world - step);
-            let recv = chunk_at(rank + world - step - 1);
-            let incoming = &mut recv_buf[..recv.len()];
-            self.exchange(&data[send], incoming)?;
-            add_into(&mut data[recv], incoming);
+    /// The sending side: each unit waits until the receiving side has reduced it (the first
+    /// step sends this rank's own values), then goes out in the wire format.
+    fn send_all(
+        &self,
+        schedule: &Schedule,
+        buffer: &SharedBuffer<'_>,
+        pipeline: &Pipeline,
+        wire: WireFormat,
+        deadline: Instant,
+        encoded: &mut [u8],
+    ) -> Result<(), CollectiveError> {
+        for step in 0..schedule.steps() {
+            for segment in 0..schedule.segments {
+                if step > 0 {
+                    let units = schedule.units_through(step - 1, segment);
+                    pipeline
+                        .wait(&pipeline.received, units, deadline)
+                        .map_err(|stalled| self.stalled(stalled, "waiting to send"))?;
+                }
+                // SAFETY: the receiving side finished writing this range (waited above) and
+                // does not write it again before `sent` passes this unit.
+                let values = unsafe { buffer.read(schedule.sent(step, segment)) };
+                let payload = match wire {
+                    WireFormat::F32 => bytemuck::cast_slice(values),
+                    _ => {
+                        let bytes = &mut encoded[..values.len() * wire.bytes_per_value()];
+                        wire.encode(values, bytes);
+                        bytes
+                    }
+                };
+                self.send(values.len(), wire, payload, deadline)?;
+                pipeline.sent.advance();
+            }
         }
-        if let Some(scale) = scale {
-            data[chunk_at(rank + 1)]
-                .iter_mut()
-                .for_each(|x| *x *= scale);
-        }
-        for step in 0..world - 1 {
-            let send = chunk_at(rank + world + 1 - step);
-            let recv = chunk_at(rank + world - step);
-            let (outgoing, incoming) = split_disjoint(data, send, recv);
-            self.exchange(outgoing, incoming)?;
+        Ok(())
+    }
+
+    /// The receiving side: reduce-scatter adds incoming segments (and the last step finalises
+    /// the owned chunk: mean scaling, wire rounding); all-gather overwrites, after the sending
+    /// side is done with what it overwrites.
+    fn receive_all(
+        &self,
+        schedule: &Schedule,
+        buffer: &SharedBuffer<'_>,
+        pipeline: &Pipeline,
+        (scale, wire): (Option<f32>, WireFormat),
+        deadline: Instant,
+        encoded: &mut [u8],
+    ) -> Result<(), CollectiveError> {
+        let world = self.world_size;
+        for step in 0..schedule.steps() {
+            for segment in 0..schedule.segments {
+                let range = schedule.received(step, segment);
+                if !schedule.is_reduce(step) {
+                    let units = schedule.units_through(step + 1 - world, segment);
+                    pipeline
+                        .wait(&pipeline.sent, units, deadline)
+                        .map_err(|stalled| self.stalled(stalled, "waiting to receive"))?;
+                }
+                // SAFETY: the sending side reads this range only before `sent` passes the
+                // unit waited for above (all-gather) or after `received` passes this unit.
+                let values = unsafe { buffer.write(range) };
+                let bytes = values.len() * wire.bytes_per_value();
+                if schedule.is_reduce(step) {
+                    self.recv(values.len(), wire, &mut encoded[..bytes], deadline)?;
+                    wire.add_decoded(&encoded[..bytes], values);
+                    if step == world - 2 {
+                        if let Some(scale) = scale {
+                            values.iter_mut().for_each(|v| *v *= scale);
+                        }
+                        wire.round_in_place(values);
+                    }
+                } else if wire == WireFormat::F32 {
+                    self.recv(
+                        values.len(),
+                        wire,
+                        bytemuck::cast_slice_mut(values),
+                        deadline,
+                    )?;
+                } else {
+                    self.recv(values.len(), wire, &mut encoded[..bytes], deadline)?;
+                    wire.decode(&encoded[..bytes], values);
+                }
+                pipeline.received.advance();
+            }
         }
         Ok(())
     }
@@ -305,76 +569,79 @@ impl Links {
     ///
     /// The rank just before the root does not forward, so the chain has no cycle and blocking
     /// sends cannot deadlock. Segments are [`broadcast_segments`], whose count and sizes pin the
-    /// total length, so ranks with different buffer lengths get a length mismatch.
-    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<(), RingError> {
+    /// total length, so ranks with different buffer lengths get a mismatch.
+    fn broadcast(
+        &self,
+        data: &mut [f32],
+        root: usize,
+        deadline: Instant,
+    ) -> Result<(), CollectiveError> {
         let world = self.world_size;
         let forwards = (self.rank + 1) % world != root;
         for segment in broadcast_segments(data.len()) {
             let segment = &mut data[segment];
+            let count = segment.len();
             if self.rank != root {
-                self.recv(segment)?;
+                let bytes = bytemuck::cast_slice_mut(segment);
+                self.recv(count, WireFormat::F32, bytes, deadline)?;
             }
             if forwards {
-                self.send(segment)?;
+                let bytes = bytemuck::cast_slice(segment);
+                self.send(count, WireFormat::F32, bytes, deadline)?;
             }
         }
         Ok(())
     }
 
-    /// Sends `outgoing` to the next rank while receiving `incoming` from the previous one.
-    ///
-    /// Both directions carry a full chunk: sending first and receiving after would deadlock
-    /// once chunks outgrow the socket buffers, since every rank would be blocked in its send.
-    fn exchange(&self, outgoing: &[f32], incoming: &mut [f32]) -> Result<(), RingError> {
-        thread::scope(|scope| {
-            let sender = scope.spawn(|| self.shut_down_on_error(self.send(outgoing)));
-            let received = self.shut_down_on_error(self.recv(incoming));
-            let sent = sender
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            received.and(sent)
-        })
-    }
-
-    /// Sends one length-prefixed message to the next rank.
-    fn send(&self, data: &[f32]) -> Result<(), RingError> {
-        let header = (data.len() as u64).to_le_bytes();
-        let mut parts = [
-            IoSlice::new(&header),
-            IoSlice::new(bytemuck::cast_slice(data)),
-        ];
-        write_all_vectored(&self.next, &mut parts)
+    /// Sends one message of `count` values encoded in `payload` to the next rank.
+    fn send(
+        &self,
+        count: usize,
+        wire: WireFormat,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<(), CollectiveError> {
+        let header = encode_header(count, wire);
+        let mut parts = [IoSlice::new(&header), IoSlice::new(payload)];
+        write_all_by(&self.next, &mut parts, deadline, self.timeout)
             .map_err(|e| self.io_error("sending", self.next_addr, e))
     }
 
-    /// Receives one length-prefixed message from the previous rank into `buf`, which must be
-    /// exactly as long as the message.
-    fn recv(&self, buf: &mut [f32]) -> Result<(), RingError> {
+    /// Receives one message from the previous rank into `payload`, checking that it holds
+    /// `count` values in the `wire` format.
+    fn recv(
+        &self,
+        count: usize,
+        wire: WireFormat,
+        payload: &mut [u8],
+        deadline: Instant,
+    ) -> Result<(), CollectiveError> {
         let read_error = |e| self.io_error("receiving", self.prev_addr, e);
-        let mut header = [0; 8];
-        (&self.prev).read_exact(&mut header).map_err(read_error)?;
-        let got = u64::from_le_bytes(header);
-        let expected = buf.len() as u64;
-        if got != expected {
-            return Err(RingError::LengthMismatch {
+        let mut header = [0; HEADER_LEN];
+        read_exact_by(&self.prev, &mut header, deadline, self.timeout).map_err(read_error)?;
+        let expected = encode_header(count, wire);
+        if header != expected {
+            return Err(CollectiveError::Mismatch {
                 rank: self.rank,
                 peer: self.prev_addr,
-                expected,
-                got,
+                expected: describe_header(&expected),
+                got: describe_header(&header),
             });
         }
-        (&self.prev)
-            .read_exact(bytemuck::cast_slice_mut(buf))
-            .map_err(read_error)
+        read_exact_by(&self.prev, payload, deadline, self.timeout).map_err(read_error)
     }
 
-    /// Shuts the links down if `result` failed, so that the other direction of an exchange
-    /// stops at once instead of waiting out its timeout on a ring that is broken anyway.
-    fn shut_down_on_error(&self, result: Result<(), RingError>) -> Result<(), RingError> {
-        if result.is_err() {
-            self.shut_down();
+    /// The error of a side that stopped waiting: its deadline passed (reported against the
+    /// previous rank, whose data never came), or the other side failed first.
+    fn stalled(&self, stalled: Stalled, op: &'static str) -> CollectiveError {
+        match stalled {
+            Stalled::OtherSideFailed => CollectiveError::Broken { rank: self.rank },
+            Stalled::Deadline => self.io_error(
+                op,
+                self.prev_addr,
+                timed_out(self.timeout, "the pipeline made no progress"),
+            ),
         }
-        result
     }
 
     /// Closes both directions so blocked calls return and neighbours see the failure at once.
@@ -385,9 +652,28 @@ impl Links {
         let _ = self.prev.shutdown(Shutdown::Both);
     }
 
-    fn io_error(&self, op: &'static str, peer: SocketAddr, source: io::Error) -> RingError {
+    fn io_error(&self, op: &'static str, peer: SocketAddr, source: io::Error) -> CollectiveError {
         io_error(self.rank, op, peer, source, self.timeout)
     }
+}
+
+fn encode_header(count: usize, wire: WireFormat) -> [u8; HEADER_LEN] {
+    let mut header = [0; HEADER_LEN];
+    header[..8].copy_from_slice(&(count as u64).to_le_bytes());
+    header[8..].copy_from_slice(&u32::from(wire.code()).to_le_bytes());
+    header
+}
+
+/// "N values in format F", for mismatch errors.
+fn describe_header(header: &[u8; HEADER_LEN]) -> String {
+    let (count, code) = header.split_at(8);
+    let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
+    let code = u32::from_le_bytes(code.try_into().expect("4 bytes"));
+    let format = [WireFormat::F32, WireFormat::F16, WireFormat::Bf16]
+        .into_iter()
+        .find(|f| u32::from(f.code()) == code)
+        .map_or_else(|| format!("unknown format {code}"), |f| f.to_string());
+    format!("{count} values in {format}")
 }
 
 /// Range of chunk `index` when `len` elements are split into `world` chunks whose sizes
@@ -407,25 +693,6 @@ fn broadcast_segments(len: usize) -> impl Iterator<Item = Range<usize>> {
         let start = i * BROADCAST_SEGMENT;
         start..(start + BROADCAST_SEGMENT).min(len)
     })
-}
-
-/// Borrows two non-overlapping ranges of `data`: `send` shared and `recv` mutable.
-fn split_disjoint(
-    data: &mut [f32],
-    send: Range<usize>,
-    recv: Range<usize>,
-) -> (&[f32], &mut [f32]) {
-    if send.end <= recv.start {
-        let (low, high) = data.split_at_mut(recv.start);
-        (&low[send], &mut high[..recv.len()])
-    } else {
-        let (low, high) = data.split_at_mut(send.start);
-        (&high[..send.len()], &mut low[recv])
-    }
-}
-
-fn add_into(acc: &mut [f32], incoming: &[f32]) {
-    acc.iter_mut().zip(incoming).for_each(|(a, b)| *a += *b);
 }
 
 /// Connects to `addr`, retrying refused attempts (the peer may still be starting) until
@@ -472,12 +739,13 @@ fn accept_within(listener: &TcpListener, timeout: Duration) -> io::Result<(TcpSt
     }
 }
 
-/// Disables Nagle (ring steps are latency-bound request/response exchanges) and bounds every
-/// read and write by `timeout`, so a dead peer yields an error instead of a hang.
-fn configure(stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
+/// Disables Nagle (every message is needed at once by a rank waiting for it) and asks for
+/// socket buffers of [`SOCKET_BUFFER_BYTES`].
+fn configure(stream: TcpStream) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    let socket = socket2::SockRef::from(&stream);
+    socket.set_send_buffer_size(SOCKET_BUFFER_BYTES)?;
+    socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
     Ok(stream)
 }
 
@@ -490,9 +758,9 @@ fn encode_hello(rank: usize, world_size: usize) -> [u8; 8] {
 }
 
 /// Reads a peer's handshake: `(rank, world_size)`.
-fn read_hello(mut stream: &TcpStream) -> io::Result<(u32, u32)> {
+fn read_hello(stream: &TcpStream, deadline: Instant, timeout: Duration) -> io::Result<(u32, u32)> {
     let mut hello = [0; 8];
-    stream.read_exact(&mut hello)?;
+    read_exact_by(stream, &mut hello, deadline, timeout)?;
     let [r0, r1, r2, r3, w0, w1, w2, w3] = hello;
     Ok((
         u32::from_le_bytes([r0, r1, r2, r3]),
@@ -506,11 +774,11 @@ fn check_hello(
     world_size: usize,
     (expected_rank, addr): (usize, SocketAddr),
     (their_rank, their_world): (u32, u32),
-) -> Result<(), RingError> {
+) -> Result<(), CollectiveError> {
     if their_rank as usize == expected_rank && their_world as usize == world_size {
         return Ok(());
     }
-    Err(RingError::Handshake(format!(
+    Err(CollectiveError::Handshake(format!(
         "rank {rank} of {world_size} expected rank {expected_rank} of {world_size} at {addr}, \
          but the peer says it is rank {their_rank} of {their_world}"
     )))
@@ -524,7 +792,7 @@ fn io_error(
     peer: SocketAddr,
     source: io::Error,
     timeout: Duration,
-) -> RingError {
+) -> CollectiveError {
     let source = match source.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             timed_out(timeout, "the peer stopped responding")
@@ -535,7 +803,7 @@ fn io_error(
         ),
         _ => source,
     };
-    RingError::Io {
+    CollectiveError::Io {
         rank,
         op,
         peer,
@@ -550,14 +818,48 @@ fn timed_out(timeout: Duration, what: impl Display) -> io::Error {
     )
 }
 
-/// Writes all of `parts` with as few system calls as possible (header and payload leave in one
-/// segment, which matters with Nagle disabled).
-fn write_all_vectored(mut stream: &TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+/// Time left before `deadline`, or a timeout error once it has passed.
+fn time_left(deadline: Instant, timeout: Duration) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out(timeout, "the operation's deadline passed"));
+    }
+    Ok(left)
+}
+
+/// Writes all of `parts` before `deadline` with as few system calls as possible (header and
+/// payload leave in one segment, which matters with Nagle disabled).
+fn write_all_by(
+    mut stream: &TcpStream,
+    mut parts: &mut [IoSlice<'_>],
+    deadline: Instant,
+    timeout: Duration,
+) -> io::Result<()> {
     IoSlice::advance_slices(&mut parts, 0);
     while !parts.is_empty() {
+        stream.set_write_timeout(Some(time_left(deadline, timeout)?))?;
         match stream.write_vectored(parts) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => IoSlice::advance_slices(&mut parts, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf` before `deadline`.
+fn read_exact_by(
+    mut stream: &TcpStream,
+    mut buf: &mut [u8],
+    deadline: Instant,
+    timeout: Duration,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.set_read_timeout(Some(time_left(deadline, timeout)?))?;
+        match stream.read(buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(read) => buf = &mut buf[read..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -651,7 +953,8 @@ mod tests {
                 for len in lens {
                     for op in [ReduceOp::Sum, ReduceOp::Mean] {
                         let mut data = sample(rank, len);
-                        ring.all_reduce(&mut data, op).expect("all_reduce");
+                        ring.all_reduce(&mut data, op, WireFormat::F32)
+                            .expect("all_reduce");
                         outputs.push((len, op, data));
                     }
                 }
@@ -665,6 +968,89 @@ mod tests {
             }
             assert!(results.windows(2).all(|w| w[0] == w[1]), "replicas differ");
         }
+    }
+
+    #[test]
+    fn compressed_formats_agree_on_every_rank_and_stay_close() {
+        // Relative precision of one rounding, and roundings on the way: one per hop of the
+        // partial sum, one of the final value.
+        for (wire, epsilon) in [
+            (WireFormat::F16, 2f64.powi(-11)),
+            (WireFormat::Bf16, 2f64.powi(-8)),
+        ] {
+            let world = 3;
+            let lens = [7, 3 * SEGMENT_VALUES + 5];
+            let results = with_ring(world, TIMEOUT, |mut ring| {
+                let rank = ring.rank();
+                lens.map(|len| {
+                    let mut data = sample(rank, len);
+                    ring.all_reduce(&mut data, ReduceOp::Mean, wire)
+                        .expect("all_reduce");
+                    data
+                })
+            });
+            assert!(
+                results.windows(2).all(|w| w[0] == w[1]),
+                "{wire}: replicas differ"
+            );
+            for (data, len) in results[0].iter().zip(lens) {
+                let want = reference(world, len, ReduceOp::Mean);
+                for (i, (&g, w)) in data.iter().zip(want).enumerate() {
+                    let error = (f64::from(g) - w).abs();
+                    assert!(
+                        error <= world as f64 * epsilon * w,
+                        "{wire} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn different_wire_formats_are_a_mismatch() {
+        let results = with_ring(2, TIMEOUT, |mut ring| {
+            let wire = [WireFormat::F32, WireFormat::Bf16][ring.rank()];
+            ring.all_reduce(&mut sample(0, 100), ReduceOp::Sum, wire)
+                .unwrap_err()
+        });
+        let text: Vec<_> = results.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.contains("values in bf16") && e.contains("values in f32")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn abort_from_another_thread_unblocks_a_waiting_operation() {
+        let long = Duration::from_secs(20);
+        let results = with_ring(2, long, |mut ring| {
+            if ring.rank() == 1 {
+                // Never joins the operation; leaves once rank 0 is done.
+                thread::sleep(Duration::from_millis(1500));
+                return None;
+            }
+            let handle = ring.abort_handle();
+            let aborter = thread::spawn(move || {
+                thread::sleep(Duration::from_millis(200));
+                handle.abort();
+            });
+            let start = Instant::now();
+            let error = ring
+                .all_reduce(&mut sample(0, 1000), ReduceOp::Sum, WireFormat::F32)
+                .unwrap_err();
+            let elapsed = start.elapsed();
+            aborter.join().unwrap();
+            let again = ring.barrier().unwrap_err();
+            Some((error, elapsed, again))
+        });
+        let (error, elapsed, again) = results[0].as_ref().unwrap();
+        assert!(
+            matches!(error, CollectiveError::Aborted { rank: 0 }),
+            "{error}"
+        );
+        assert!(*elapsed < Duration::from_secs(1), "abort took {elapsed:?}");
+        assert!(matches!(again, CollectiveError::Aborted { .. }), "{again}");
     }
 
     #[test]
@@ -702,8 +1088,10 @@ mod tests {
         let results = with_ring(1, TIMEOUT, |mut ring| {
             assert_eq!((ring.rank(), ring.world_size()), (0, 1));
             let mut data = sample(0, 9);
-            ring.all_reduce(&mut data, ReduceOp::Sum).unwrap();
-            ring.all_reduce(&mut data, ReduceOp::Mean).unwrap();
+            ring.all_reduce(&mut data, ReduceOp::Sum, WireFormat::F32)
+                .unwrap();
+            ring.all_reduce(&mut data, ReduceOp::Mean, WireFormat::F32)
+                .unwrap();
             ring.broadcast(&mut data, 0).unwrap();
             ring.barrier().unwrap();
             let bad_root = ring.broadcast(&mut data, 1).unwrap_err();
@@ -711,7 +1099,10 @@ mod tests {
         });
         let (data, bad_root) = &results[0];
         assert_eq!(*data, sample(0, 9));
-        assert!(matches!(bad_root, RingError::Invalid(_)), "{bad_root}");
+        assert!(
+            matches!(bad_root, CollectiveError::Invalid(_)),
+            "{bad_root}"
+        );
     }
 
     #[test]
@@ -722,7 +1113,7 @@ mod tests {
             }
             let start = Instant::now();
             let error = ring
-                .all_reduce(&mut sample(0, 1001), ReduceOp::Mean)
+                .all_reduce(&mut sample(0, 1001), ReduceOp::Mean, WireFormat::F32)
                 .unwrap_err();
             let elapsed = start.elapsed();
             let again = ring.barrier().unwrap_err();
@@ -733,7 +1124,7 @@ mod tests {
                 elapsed < TIMEOUT + Duration::from_millis(500),
                 "{elapsed:?}: {error}"
             );
-            assert!(matches!(again, RingError::Broken { .. }), "{again}");
+            assert!(matches!(again, CollectiveError::Broken { .. }), "{again}");
         }
     }
 
@@ -752,14 +1143,15 @@ mod tests {
     }
 
     #[test]
-    fn different_lengths_are_a_length_mismatch() {
+    fn different_lengths_are_a_mismatch() {
         let results = with_ring(2, TIMEOUT, |mut ring| {
             let mut data = sample(0, 10 + 2 * ring.rank());
-            ring.all_reduce(&mut data, ReduceOp::Sum).unwrap_err()
+            ring.all_reduce(&mut data, ReduceOp::Sum, WireFormat::F32)
+                .unwrap_err()
         });
         let mismatches = results
             .iter()
-            .filter(|e| matches!(e, RingError::LengthMismatch { .. }))
+            .filter(|e| matches!(e, CollectiveError::Mismatch { .. }))
             .count();
         assert!(mismatches >= 1, "{results:?}");
     }
@@ -795,7 +1187,7 @@ mod tests {
         let own = listener.local_addr().unwrap();
         let timeout = Duration::from_millis(200);
         let error = Ring::connect(0, &[own, closed], listener, timeout).unwrap_err();
-        assert!(matches!(error, RingError::Connect { .. }), "{error}");
+        assert!(matches!(error, CollectiveError::Connect { .. }), "{error}");
         assert!(error.to_string().contains("timed out"), "{error}");
     }
 }

@@ -129,18 +129,36 @@ pub fn accumulate_grads<B: AutodiffBackend, M: Module<B>>(
     grads: &B::Gradients,
     acc: &mut [f32],
 ) {
+    let len = acc.len();
+    let total = accumulate_grads_in(module, grads, 0..len, acc);
+    assert_eq!(total, len, "gradient buffer has the wrong length");
+}
+
+/// Adds the flat gradient's values at `window` into `acc` (`window.len()` values), reading
+/// only the tensors that overlap the window: how a gradient bucket is packed. Returns the
+/// length of the whole flat gradient.
+pub fn accumulate_grads_in<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+    window: Range<usize>,
+    acc: &mut [f32],
+) -> usize {
+    assert_eq!(acc.len(), window.len(), "gradient window and buffer differ");
     let mut visitor = GradAccumulator {
         path: Vec::new(),
         grads,
+        window,
         acc,
         offset: 0,
     };
     module.visit(&mut visitor);
-    assert_eq!(
-        visitor.offset,
-        visitor.acc.len(),
-        "gradient buffer has the wrong length"
+    assert!(
+        visitor.window.end <= visitor.offset,
+        "gradient window {:?} ends past the {} trainable values",
+        visitor.window,
+        visitor.offset
     );
+    visitor.offset
 }
 
 fn is_trainable(path: &str) -> bool {
@@ -236,6 +254,8 @@ impl<B: Backend> ModuleMapper<B> for Scatter<'_> {
 struct GradAccumulator<'a, B: AutodiffBackend> {
     path: Vec<String>,
     grads: &'a B::Gradients,
+    /// The part of the flat gradient that `acc` holds.
+    window: Range<usize>,
     acc: &'a mut [f32],
     offset: usize,
 }
@@ -248,14 +268,22 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradAccumulator<'_, B> {
             return;
         }
         let tensor = param.val();
-        let len = tensor.shape().num_elements();
+        let range = self.offset..self.offset + tensor.shape().num_elements();
+        self.offset = range.end;
+        let (start, end) = (
+            range.start.max(self.window.start),
+            range.end.min(self.window.end),
+        );
+        if start >= end {
+            return;
+        }
         if let Some(grad) = tensor.grad(self.grads) {
-            let slot = &mut self.acc[self.offset..self.offset + len];
-            for (a, g) in slot.iter_mut().zip(to_vec(grad)) {
+            let grad = &to_vec(grad)[start - range.start..end - range.start];
+            let slot = &mut self.acc[start - self.window.start..end - self.window.start];
+            for (a, g) in slot.iter_mut().zip(grad) {
                 *a += g;
             }
         }
-        self.offset += len;
     }
 }
 
@@ -308,5 +336,32 @@ mod tests {
         let model = load_buffers(model, &halves);
         assert_eq!(flatten_buffers(&model), halves);
         assert_eq!(flatten_params(&model), shifted);
+    }
+
+    #[test]
+    fn gradient_windows_tile_the_full_gradient_exactly() {
+        type B = burn::backend::Autodiff<Flex>;
+        let model = InceptionResNetV2Config::new(5)
+            .with_width(0.0625)
+            .with_blocks([1, 1, 1])
+            .init::<B>(&Default::default());
+        let grads = model
+            .forward(crate::model::test_support::images(2, 75))
+            .sum()
+            .backward();
+        let len = trainable_len(&model);
+        let mut full = vec![0.5; len];
+        accumulate_grads(&model, &grads, &mut full);
+        // Windows that cut tensors in the middle, as buckets do.
+        let mut windowed = vec![0.5; len];
+        for (k, window) in windowed.chunks_mut(997).enumerate() {
+            let range = k * 997..k * 997 + window.len();
+            assert_eq!(accumulate_grads_in(&model, &grads, range, window), len);
+        }
+        assert_eq!(windowed, full);
+        assert!(
+            full.iter().any(|&g| g != 0.5),
+            "no gradient reached the buffer"
+        );
     }
 }

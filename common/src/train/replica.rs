@@ -2,8 +2,10 @@
 //! keeps it identical to its peers.
 //!
 //! Per optimizer step: for each of `accumulate` micro-batches, forward, loss, backward and add
-//! the flat gradients into one buffer; append the summed loss; all-reduce the buffer (mean over
-//! ranks) on the ring; divide by `accumulate`; add weight decay; clip to the global norm; update
+//! the flat gradients into one buffer; all-reduce the buffer (mean over ranks) in gradient
+//! buckets, packing the last micro-batch's gradients into bucket `k + 1` while bucket `k` is on
+//! the wire, and the summed loss apart (always in f32, whatever the gradients' wire format);
+//! divide by `accumulate`; add weight decay; clip to the global norm; update
 //! the flat parameters. Every rank applies the same update to the same parameters, so replicas
 //! stay identical; a step whose loss or gradient is not finite is skipped on every rank alike.
 
@@ -22,7 +24,7 @@ use super::clip::clip_global_norm;
 use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule};
 use super::schedule::LrSchedule;
-use crate::collective::{ReduceOp, Ring};
+use crate::collective::{Collective, GradientBuckets, ReduceOp, WireFormat};
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
 use crate::data::plan::validation_share;
@@ -48,6 +50,7 @@ pub struct StepStats {
     pub bad_images: usize,
     pub data: Duration,
     pub compute: Duration,
+    /// Packing the last micro-batch's gradients and all-reducing the buckets (overlapped).
     pub allreduce: Duration,
 }
 
@@ -71,14 +74,15 @@ impl Evaluation {
     }
 }
 
-/// A model replica bound to its rank in the ring.
+/// A model replica bound to its rank in the data-parallel group.
 pub struct Replica<B: AutodiffBackend> {
     model: Network<B>,
     /// The trainable parameters, flat; the model's tensors are refreshed from it every step.
     params: Vec<f32>,
     optimizer: Optimizer,
     average: Option<WeightAverage>,
-    ring: Ring,
+    collective: Box<dyn Collective>,
+    buckets: GradientBuckets,
     loss: CrossEntropyLoss<B>,
     schedule: LrSchedule,
     plan: EpochPlan,
@@ -95,8 +99,8 @@ pub struct Replica<B: AutodiffBackend> {
     max_nonfinite: u32,
     nonfinite_streak: u32,
     seed: u64,
-    /// Flat gradients plus one slot for the loss; reused every step.
-    buffer: Vec<f32>,
+    /// Flat gradients, reused every step.
+    flat_grads: Vec<f32>,
     device: B::Device,
 }
 
@@ -106,7 +110,7 @@ impl<B: AutodiffBackend> Replica<B> {
     /// coordinator resolved).
     pub fn new(
         exp: &Experiment,
-        ring: Ring,
+        collective: Box<dyn Collective>,
         model: Network<B>,
         device: B::Device,
     ) -> anyhow::Result<Self> {
@@ -124,10 +128,11 @@ impl<B: AutodiffBackend> Replica<B> {
                 source::data_root(exp).unwrap_or_default()
             );
         }
-        let mut ring = ring;
+        let mut collective = collective;
         let mut params = params::flatten_params(&model);
-        if ring.world_size() > 1 {
-            ring.broadcast(&mut params, 0)
+        if collective.world_size() > 1 {
+            collective
+                .broadcast(&mut params, 0)
                 .context("broadcasting rank 0's initial parameters")?;
         }
         let model = params::load_params(model, &params);
@@ -146,10 +151,14 @@ impl<B: AutodiffBackend> Replica<B> {
                 params.len(),
             ),
             average: (train.ema_decay > 0.0).then(|| WeightAverage::new(train.ema_decay, &params)),
-            buffer: vec![0.0; params.len() + 1],
+            flat_grads: vec![0.0; params.len()],
             params,
             model,
-            ring,
+            collective,
+            buckets: GradientBuckets::new(
+                (exp.cluster.bucket_mib * 1048576.0) as usize,
+                exp.cluster.gradient_wire,
+            ),
             loss: CrossEntropyLossConfig::new()
                 .with_smoothing(smoothing)
                 .init(&device),
@@ -191,7 +200,7 @@ impl<B: AutodiffBackend> Replica<B> {
     }
 
     pub fn rank(&self) -> usize {
-        self.ring.rank()
+        self.collective.rank()
     }
 
     pub fn model(&self) -> &Network<B> {
@@ -271,13 +280,18 @@ impl<B: AutodiffBackend> Replica<B> {
     pub fn step(&mut self, step: u64) -> anyhow::Result<StepStats> {
         // Dropout draws from the backend RNG: seeding it per step makes a resumed run draw
         // exactly what the uninterrupted run drew.
-        B::seed(&self.device, step_seed(self.seed, step, self.ring.rank()));
+        B::seed(
+            &self.device,
+            step_seed(self.seed, step, self.collective.rank()),
+        );
         let (mut data, mut compute) = (Duration::ZERO, Duration::ZERO);
-        self.buffer.fill(0.0);
-        let grads_len = self.params.len();
+        self.flat_grads.fill(0.0);
+        let mut loss_sum = 0f32;
         let (mut images, mut bad_images) = (0, 0);
         let mut loader = self.take_loader(step);
-        for _ in 0..self.accumulate {
+        // The last micro-batch's gradients are packed bucket by bucket during the all-reduce.
+        let mut last_grads = None;
+        for micro in 0..self.accumulate {
             let started = Instant::now();
             let batch = loader
                 .next_batch()
@@ -301,24 +315,41 @@ impl<B: AutodiffBackend> Replica<B> {
                 let aux_loss = self.loss.forward(aux, targets);
                 loss = loss.add(aux_loss.mul_scalar(self.aux_loss_weight));
             }
-            self.buffer[grads_len] += loss.clone().into_scalar().elem::<f32>();
+            loss_sum += loss.clone().into_scalar().elem::<f32>();
             let grads = loss.backward();
-            params::accumulate_grads(&self.model, &grads, &mut self.buffer[..grads_len]);
+            if micro + 1 < self.accumulate {
+                params::accumulate_grads(&self.model, &grads, &mut self.flat_grads);
+            } else {
+                last_grads = Some(grads);
+            }
             compute += started.elapsed();
         }
         self.loader = Some((step + 1, loader));
 
         let started = Instant::now();
-        self.ring
-            .all_reduce(&mut self.buffer, ReduceOp::Mean)
+        let model = &self.model;
+        self.buckets
+            .all_reduce_mean(
+                &mut *self.collective,
+                &mut self.flat_grads,
+                |range, bucket| {
+                    if let Some(grads) = &last_grads {
+                        params::accumulate_grads_in(model, grads, range, bucket);
+                    }
+                },
+            )
             .with_context(|| format!("all-reduce of step {step}"))?;
+        let mut loss = [loss_sum];
+        self.collective
+            .all_reduce(&mut loss, ReduceOp::Mean, WireFormat::F32)
+            .with_context(|| format!("all-reduce of the loss of step {step}"))?;
         let allreduce = started.elapsed();
 
         let started = Instant::now();
         let scale = 1.0 / self.accumulate as f32;
-        self.buffer.iter_mut().for_each(|v| *v *= scale);
-        let loss = f64::from(self.buffer[grads_len]);
-        let grads = &mut self.buffer[..grads_len];
+        let loss = f64::from(loss[0] * scale);
+        let grads = &mut self.flat_grads;
+        grads.iter_mut().for_each(|v| *v *= scale);
         self.optimizer.add_weight_decay(&self.params, grads);
         let grad_norm = clip_global_norm(grads, self.clip_norm);
         let learning_rate = self.schedule.at(step);
@@ -369,7 +400,8 @@ impl<B: AutodiffBackend> Replica<B> {
 
     /// A loader of this rank's micro-batches from step `start` on.
     fn training_loader(&self, start: u64) -> Loader {
-        let (mut plan, rank, accumulate) = (self.plan.clone(), self.ring.rank(), self.accumulate);
+        let (mut plan, rank, accumulate) =
+            (self.plan.clone(), self.collective.rank(), self.accumulate);
         let jobs = move |k: u64| {
             let step = start + k / accumulate as u64;
             let micro = (k % accumulate as u64) as usize;
@@ -389,7 +421,11 @@ impl<B: AutodiffBackend> Replica<B> {
 
     /// This rank's validation samples in batches, loaded ahead.
     fn validation_loader(&self) -> Loader {
-        let share = validation_share(self.val_samples, self.ring.rank(), self.ring.world_size());
+        let share = validation_share(
+            self.val_samples,
+            self.collective.rank(),
+            self.collective.world_size(),
+        );
         let chunks: Arc<Vec<Vec<u64>>> =
             Arc::new(share.chunks(self.batch_size).map(<[u64]>::to_vec).collect());
         let jobs = move |k: u64| {
@@ -418,12 +454,12 @@ impl<B: AutodiffBackend> Replica<B> {
             digest.update(&value.to_le_bytes());
         }
         let checksum = digest.finalize();
-        let (rank, world) = (self.ring.rank(), self.ring.world_size());
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
         let mut slots = vec![0f32; 2 * world];
         slots[2 * rank] = (checksum >> 16) as f32;
         slots[2 * rank + 1] = (checksum & 0xFFFF) as f32;
-        self.ring
-            .all_reduce(&mut slots, ReduceOp::Sum)
+        self.collective
+            .all_reduce(&mut slots, ReduceOp::Sum, WireFormat::F32)
             .context("all-reduce of parameter checksums")?;
         let checksums: Vec<u32> = slots
             .chunks_exact(2)
@@ -485,8 +521,8 @@ impl<B: AutodiffBackend> Replica<B> {
             totals[2] += count;
             totals[3] += batch_loss * count;
         }
-        self.ring
-            .all_reduce(&mut totals, ReduceOp::Sum)
+        self.collective
+            .all_reduce(&mut totals, ReduceOp::Sum, WireFormat::F32)
             .context("all-reduce of validation results")?;
         Ok(Evaluation {
             top1_correct: totals[0].round() as u64,

@@ -39,5 +39,5 @@ pub fn replica(exp: &Experiment) -> Replica<TrainBackend> {
     let device = Default::default();
     TrainBackend::seed(&device, exp.run.seed);
     let model = registry::build(&exp.model, &device);
-    Replica::new(exp, ring, model, device).unwrap()
+    Replica::new(exp, Box::new(ring), model, device).unwrap()
 }

@@ -92,7 +92,7 @@ fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
     let device = Default::default();
     TrainBackend::seed(&device, exp.run.seed);
     let model = registry::build::<TrainBackend>(&exp.model, &device);
-    let mut replica = Replica::new(&exp, ring, model, device)?;
+    let mut replica = Replica::new(&exp, Box::new(ring), model, device)?;
     let mut compute = Vec::with_capacity(bench.steps);
     for step in 0..(bench.warmup + bench.steps) as u64 {
         let stats = replica.step(step)?;
