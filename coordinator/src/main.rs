@@ -12,8 +12,10 @@ mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use incept_common::collective::WireFormat;
 use incept_common::config;
 use incept_common::data::pack::PackOptions;
 
@@ -170,6 +172,53 @@ enum BenchCommand {
         #[arg(long)]
         compare: Option<PathBuf>,
     },
+    /// All-reduce time, algbw and busbw per size across real rank processes (as nccl-tests).
+    Allreduce {
+        /// Rank processes on this machine.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Bytes per all-reduce: a doubling range `1KiB..256MiB` or a list `4,28,4KiB`.
+        #[arg(long, default_value = "1KiB..256MiB", value_parser = bench::allreduce::parse_sizes)]
+        sizes: std::vec::Vec<usize>,
+        /// Wire format: f32, f16 or bf16.
+        #[arg(long, default_value_t = WireFormat::F32)]
+        wire: WireFormat,
+        /// Deadline of every collective operation.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Timed iterations per size (0: about 1 GiB per size, 5 to 500).
+        #[arg(long, default_value_t = 0)]
+        iters: usize,
+        /// Verify every operation (sum/mean in each wire format, broadcast, barrier) on every
+        /// size instead of timing.
+        #[arg(long)]
+        check: bool,
+        /// Also run this torch.distributed Gloo script with the same sizes and processes (e.g.
+        /// experiments/baselines/bench_allreduce_gloo.py) and print both side by side.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Also measure loopback TCP bandwidth with iperf3.
+        #[arg(long)]
+        iperf3: bool,
+    },
+    /// One rank process of `bench allreduce` (spawned by it).
+    #[command(hide = true)]
+    AllreduceRank {
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        world: usize,
+        #[arg(long, value_parser = bench::allreduce::parse_sizes)]
+        sizes: std::vec::Vec<usize>,
+        #[arg(long, default_value_t = WireFormat::F32)]
+        wire: WireFormat,
+        #[arg(long)]
+        timeout_s: u64,
+        #[arg(long, default_value_t = 0)]
+        iters: usize,
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -287,6 +336,54 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 image_size,
                 passes,
                 compare: compare.as_deref(),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Allreduce {
+                    workers,
+                    sizes,
+                    wire,
+                    timeout_s,
+                    iters,
+                    check,
+                    compare,
+                    iperf3,
+                },
+        } => {
+            bench::allreduce::run(&bench::allreduce::AllReduceBench {
+                workers,
+                sizes,
+                wire,
+                timeout: Duration::from_secs(timeout_s),
+                iters,
+                check,
+                compare: compare.as_deref(),
+                iperf3,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::AllreduceRank {
+                    rank,
+                    world,
+                    sizes,
+                    wire,
+                    timeout_s,
+                    iters,
+                    check,
+                },
+        } => {
+            bench::allreduce_rank::run(&bench::allreduce_rank::RankJob {
+                rank,
+                world,
+                sizes,
+                wire,
+                timeout: Duration::from_secs(timeout_s),
+                check,
+                iters,
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -2,8 +2,12 @@
 //! and prints both side by side.
 //!
 //! - [`step`]: a training step against PyTorch + timm;
-//! - [`data`]: the input pipeline against PIL + torchvision.
+//! - [`data`]: the input pipeline against PIL + torchvision;
+//! - [`allreduce`]: ring all-reduce across rank processes against torch.distributed's Gloo and
+//!   iperf3's loopback TCP ([`allreduce_rank`] is one rank process).
 
+pub mod allreduce;
+pub mod allreduce_rank;
 pub mod data;
 pub mod step;
 
