@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Stack of the runtime's threads, training included: burn modules are moved by value, and a
+/// full Inception network's stack frames take a few hundred KiB each (std's 2 MiB default can
+/// overflow). Only touched pages cost memory.
+const TRAINING_STACK_BYTES: usize = 64 << 20;
+
 /// Command line of a worker.
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +44,7 @@ pub fn main_with(args: WorkerArgs) -> ExitCode {
     incept_common::logging::init("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_stack_size(TRAINING_STACK_BYTES)
         .enable_all()
         .build()
         .expect("tokio runtime");
