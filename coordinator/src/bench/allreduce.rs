@@ -77,20 +77,37 @@ pub fn run(bench: &AllReduceBench<'_>) -> anyhow::Result<()> {
     };
     let iperf = match bench.iperf3 {
         true => {
-            eprintln!("measuring loopback TCP with iperf3…");
-            Some(measure_iperf3()?)
+            eprintln!(
+                "measuring loopback TCP with iperf3 (1 stream, then {})…",
+                bench.workers
+            );
+            Some(Iperf {
+                single: measure_iperf3(1)?,
+                parallel: measure_iperf3(bench.workers)?,
+            })
         }
         false => None,
     };
     print_table(bench, &ours, gloo.as_ref())?;
-    if let Some(bits) = iperf {
+    if let Some(iperf) = &iperf {
         println!(
-            "iperf3 loopback TCP (1 stream, 5 s): {:.2} GB/s",
-            bits / 8.0 / 1e9
+            "iperf3 loopback TCP, 5 s: 1 stream {:.2} GB/s; {} parallel streams {:.2} GB/s in all \
+             ({:.2} GB/s each)",
+            iperf.single / 8e9,
+            bench.workers,
+            iperf.parallel / 8e9,
+            iperf.parallel / 8e9 / bench.workers as f64
         );
     }
-    print_headline(bench, &ours, gloo.as_ref(), iperf);
+    print_headline(bench, &ours, gloo.as_ref(), iperf.as_ref());
     Ok(())
+}
+
+/// Loopback TCP throughput in bits/s: one stream alone, and the sum of one stream per rank
+/// running at once (what the ring's links share when every rank sends).
+struct Iperf {
+    single: f64,
+    parallel: f64,
 }
 
 /// One rank process and the reader of its stdout.
@@ -219,8 +236,8 @@ fn measure_gloo(script: &Path, bench: &AllReduceBench<'_>) -> anyhow::Result<Glo
     Ok(result)
 }
 
-/// Single-stream loopback TCP throughput in bits/s, from `iperf3 -J`.
-fn measure_iperf3() -> anyhow::Result<f64> {
+/// Loopback TCP throughput of `streams` parallel streams in bits/s (their sum), from `iperf3 -J`.
+fn measure_iperf3(streams: usize) -> anyhow::Result<f64> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port()
@@ -235,6 +252,7 @@ fn measure_iperf3() -> anyhow::Result<f64> {
     for _ in 0..50 {
         let output = Command::new("iperf3")
             .args(["-c", "127.0.0.1", "-p", &port, "-t", "5", "-J"])
+            .args(["-P", &streams.to_string()])
             .output()
             .context("running `iperf3 -c`")?;
         if output.status.success() {
@@ -313,7 +331,7 @@ fn print_headline(
     bench: &AllReduceBench<'_>,
     ours: &[f64],
     gloo: Option<&GlooResult>,
-    iperf_bits: Option<f64>,
+    iperf: Option<&Iperf>,
 ) {
     let Some(i) = bench.sizes.iter().position(|&b| b == HEADLINE_BYTES) else {
         return;
@@ -323,10 +341,14 @@ fn print_headline(
     if let Some(g) = gloo {
         line += &format!(", {:.2}× Gloo's", g.results[i].seconds / ours[i]);
     }
-    if let Some(bits) = iperf_bits {
+    if let Some(iperf) = iperf {
+        let per_stream = iperf.parallel / bench.workers as f64;
         line += &format!(
-            ", {:.0}% of iperf3's loopback TCP",
-            busbw * 8e9 / bits * 100.0
+            ", {:.0}% of iperf3's single-stream loopback TCP, {:.0}% of its per-stream rate with \
+             {} streams at once",
+            busbw * 8e9 / iperf.single * 100.0,
+            busbw * 8e9 / per_stream * 100.0,
+            bench.workers
         );
     }
     println!("{line}");
