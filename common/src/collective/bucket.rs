@@ -85,30 +85,15 @@ impl GradientBuckets {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
     use std::time::Duration;
 
     use super::*;
     use crate::collective::Ring;
+    use crate::collective::ring::tests::with_ring;
 
+    /// Connected rings, one per rank, for the test to drive from threads of its own.
     fn rings(world: usize) -> Vec<Ring> {
-        let listeners: Vec<_> = (0..world)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        thread::scope(|scope| {
-            let handles: Vec<_> = listeners
-                .into_iter()
-                .enumerate()
-                .map(|(rank, listener)| {
-                    let peers = &peers;
-                    scope.spawn(move || {
-                        Ring::connect(rank, peers, listener, Duration::from_secs(5)).unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
+        with_ring(world, Duration::from_secs(5), |ring| ring)
     }
 
     /// A gradient that is not a multiple of the bucket size, with distinct values.

@@ -868,14 +868,14 @@ fn read_exact_by(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(2);
 
     /// Binds one listener per rank on 127.0.0.1, then runs `body` on a thread per rank with
     /// its connected ring; returns the results in rank order.
-    fn with_ring<T: Send>(
+    pub(crate) fn with_ring<T: Send>(
         world: usize,
         timeout: Duration,
         body: impl Fn(Ring) -> T + Sync,
