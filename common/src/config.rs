@@ -121,6 +121,13 @@ impl Default for ClusterSection {
     }
 }
 
+impl ClusterSection {
+    /// `bucket_mib` in whole bytes.
+    pub fn bucket_bytes(&self) -> usize {
+        (self.bucket_mib * f64::from(1 << 20)) as usize
+    }
+}
+
 /// The communicator between workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -554,7 +561,7 @@ impl Experiment {
         );
         check.at_least("cluster.collective_timeout_s", c.collective_timeout_s, 1);
         check.require(
-            c.bucket_mib * 1048576.0 >= 4.0 && c.bucket_mib <= 4096.0,
+            c.bucket_bytes() >= 4 && c.bucket_mib <= 4096.0,
             "cluster.bucket_mib",
             c.bucket_mib,
             "must hold at least one f32 value (4 bytes) and at most 4096 MiB",

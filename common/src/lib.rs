@@ -12,5 +12,9 @@ pub mod model;
 pub mod proto;
 pub mod train;
 
+/// CRC-32C (Castagnoli), the one checksum of TFRecord shards, checkpoint files and replica
+/// comparisons.
+pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
 /// The burn backend workers train on: the `flex` CPU backend with autodiff.
 pub type TrainBackend = burn::backend::Autodiff<burn::backend::Flex>;

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use incept_common::CRC32C;
 use incept_common::config::AugmentSection;
 use incept_common::data::augment::Preprocess;
 use incept_common::data::folders::ImagenetFolders;
@@ -53,14 +54,13 @@ fn contents(source: &dyn Source, split: Split) -> Vec<(i64, Vec<u8>)> {
 
 /// Every file of `dir` with its size and CRC-32C.
 fn files_of(dir: &Path) -> BTreeMap<String, (usize, u32)> {
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .map(|p| {
             let bytes = fs::read(&p).unwrap();
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, (bytes.len(), CRC.checksum(&bytes)))
+            (name, (bytes.len(), CRC32C.checksum(&bytes)))
         })
         .collect()
 }

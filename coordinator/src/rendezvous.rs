@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 /// What every rank needs to connect to the others, published once every rank has joined.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Roster {
     /// Ring listener addresses by rank.
     pub peers: Vec<String>,
@@ -19,8 +19,8 @@ pub struct Roster {
 
 pub struct Rendezvous {
     world_size: usize,
-    joined: Mutex<Vec<String>>,
-    nccl_id: Mutex<Vec<u8>>,
+    /// The roster as ranks join.
+    joining: Mutex<Roster>,
     complete: watch::Sender<Option<Arc<Roster>>>,
 }
 
@@ -28,8 +28,10 @@ impl Rendezvous {
     pub fn new(world_size: usize) -> Self {
         Self {
             world_size,
-            joined: Mutex::new(Vec::with_capacity(world_size)),
-            nccl_id: Mutex::new(Vec::new()),
+            joining: Mutex::new(Roster {
+                peers: Vec::with_capacity(world_size),
+                nccl_id: Vec::new(),
+            }),
             complete: watch::channel(None).0,
         }
     }
@@ -37,32 +39,28 @@ impl Rendezvous {
     /// Registers a worker's ring address (and NCCL id, kept from rank 0) and returns its rank;
     /// `Err` once the run is full.
     pub fn register(&self, ring_addr: String, nccl_id: Vec<u8>) -> Result<u32, Status> {
-        let mut joined = self.joined.lock().expect("rendezvous lock");
-        if joined.len() == self.world_size {
+        let mut roster = self.joining.lock().expect("rendezvous lock");
+        if roster.peers.len() == self.world_size {
             return Err(Status::resource_exhausted(format!(
                 "the run is full: all {} ranks have joined",
                 self.world_size
             )));
         }
-        joined.push(ring_addr);
-        let mut rank0_id = self.nccl_id.lock().expect("rendezvous lock");
-        if joined.len() == 1 {
-            *rank0_id = nccl_id;
+        if roster.peers.is_empty() {
+            roster.nccl_id = nccl_id;
         }
-        if joined.len() == self.world_size {
-            self.complete.send_replace(Some(Arc::new(Roster {
-                peers: joined.clone(),
-                nccl_id: rank0_id.clone(),
-            })));
+        roster.peers.push(ring_addr);
+        if roster.peers.len() == self.world_size {
+            self.complete.send_replace(Some(Arc::new(roster.clone())));
         }
-        Ok(joined.len() as u32 - 1)
+        Ok(roster.peers.len() as u32 - 1)
     }
 
     /// Waits until every rank has joined.
     pub async fn wait(&self, timeout: Duration) -> Result<Arc<Roster>, Status> {
         let mut rx = self.complete.subscribe();
         match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(peers)) => Ok(peers.clone().expect("waited for Some")),
+            Ok(Ok(roster)) => Ok(roster.clone().expect("waited for Some")),
             Ok(Err(_)) => Err(Status::unavailable("the coordinator is shutting down")),
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "rendezvous timed out: {} of {} workers joined within {} s",
@@ -74,7 +72,7 @@ impl Rendezvous {
     }
 
     pub fn joined_count(&self) -> usize {
-        self.joined.lock().expect("rendezvous lock").len()
+        self.joining.lock().expect("rendezvous lock").peers.len()
     }
 
     pub fn is_complete(&self) -> bool {

@@ -18,9 +18,9 @@ use incept_common::proto::{
 };
 use incept_common::train::checkpoint;
 use incept_common::train::{Evaluation, Replica, StepStats};
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::communicator;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// What the training thread hands to the reporting task.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub struct Progress {
     pub step: AtomicU64,
     /// Set when the coordinator asks the run to stop.
     pub stop: AtomicBool,
-    /// Aborts the ring once it is connected, so a stop also ends a collective blocked on a
+    /// Aborts the communicator once it is connected, so a stop also ends a collective blocked on a
     /// lost peer at once instead of at its deadline.
     pub abort: OnceLock<AbortHandle>,
 }

@@ -283,6 +283,8 @@ impl Nccl {
                 let (ptr, _record) = view.device_ptr_mut(&self.stream);
                 ptr
             };
+            // `op` waits (with its deadline) before the copy back is queued: a copy into pageable
+            // host memory blocks, with no deadline, until the stream gets to it.
             op(self, ptr)?;
             self.stream
                 .memcpy_dtoh(&view, data)

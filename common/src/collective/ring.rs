@@ -669,9 +669,7 @@ fn describe_header(header: &[u8; HEADER_LEN]) -> String {
     let (count, code) = header.split_at(8);
     let count = u64::from_le_bytes(count.try_into().expect("8 bytes"));
     let code = u32::from_le_bytes(code.try_into().expect("4 bytes"));
-    let format = [WireFormat::F32, WireFormat::F16, WireFormat::Bf16]
-        .into_iter()
-        .find(|f| u32::from(f.code()) == code)
+    let format = WireFormat::from_code(code)
         .map_or_else(|| format!("unknown format {code}"), |f| f.to_string());
     format!("{count} values in {format}")
 }
@@ -835,7 +833,6 @@ fn write_all_by(
     deadline: Instant,
     timeout: Duration,
 ) -> io::Result<()> {
-    IoSlice::advance_slices(&mut parts, 0);
     while !parts.is_empty() {
         stream.set_write_timeout(Some(time_left(deadline, timeout)?))?;
         match stream.write_vectored(parts) {

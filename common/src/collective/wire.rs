@@ -20,6 +20,9 @@ pub enum WireFormat {
 }
 
 impl WireFormat {
+    /// Every format, in the order of their codes.
+    pub const ALL: [WireFormat; 3] = [WireFormat::F32, WireFormat::F16, WireFormat::Bf16];
+
     /// Bytes one value takes on the wire.
     pub fn bytes_per_value(self) -> usize {
         match self {
@@ -35,6 +38,13 @@ impl WireFormat {
             WireFormat::F16 => 1,
             WireFormat::Bf16 => 2,
         }
+    }
+
+    /// The format a message header names, if any.
+    pub(crate) fn from_code(code: u32) -> Option<WireFormat> {
+        WireFormat::ALL
+            .into_iter()
+            .find(|format| u32::from(format.code()) == code)
     }
 
     /// Writes `values` in this format into `out` (`values.len() * bytes_per_value()` bytes).
@@ -133,7 +143,7 @@ mod tests {
     #[test]
     fn encode_then_decode_equals_rounding() {
         let values = [0.0, -1.5, 3.140_625, 1e-3, 65_000.0, -2.0e30, 7.0e-8];
-        for format in [WireFormat::F32, WireFormat::F16, WireFormat::Bf16] {
+        for format in WireFormat::ALL {
             let mut bytes = vec![0; values.len() * format.bytes_per_value()];
             format.encode(&values, &mut bytes);
             let mut decoded = [0.0; 7];
@@ -153,7 +163,7 @@ mod tests {
 
     #[test]
     fn parses_what_it_prints() {
-        for format in [WireFormat::F32, WireFormat::F16, WireFormat::Bf16] {
+        for format in WireFormat::ALL {
             assert_eq!(format.to_string().parse::<WireFormat>(), Ok(format));
         }
         assert!("fp8".parse::<WireFormat>().unwrap_err().contains("fp8"));

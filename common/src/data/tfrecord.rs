@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use crate::CRC32C;
 use crate::proto::tensorflow::{BytesList, Example, Feature, Features, Int64List, feature};
 
-const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 /// Length header plus its checksum.
 const HEADER: u64 = 12;
 /// Payload checksum.
@@ -22,7 +22,7 @@ const FOOTER: u64 = 4;
 
 /// TFRecord's masked CRC-32C (so a checksum of checksums does not collide).
 pub fn masked_crc(bytes: &[u8]) -> u32 {
-    let crc = CRC.checksum(bytes);
+    let crc = CRC32C.checksum(bytes);
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn masked_crc_matches_tensorflow() {
         // TensorFlow's crc32c_test: masked CRC of "foo" (crc32c 0xcfc4ae1d).
-        assert_eq!(CRC.checksum(b"foo"), 0xcfc4_ae1d);
+        assert_eq!(CRC32C.checksum(b"foo"), 0xcfc4_ae1d);
         assert_eq!(
             masked_crc(b"foo"),
             0xcfc4_ae1d_u32.rotate_right(15).wrapping_add(0xa282_ead8)

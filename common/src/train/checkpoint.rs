@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::CRC32C;
 use crate::data::DataPosition;
 
 /// Folder-name prefix of a committed checkpoint.
 const PREFIX: &str = "step-";
 const MANIFEST: &str = "manifest.toml";
 const FORMAT: u32 = 1;
-const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// The state of a replica after `step` optimizer steps.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +115,7 @@ pub fn write(
         files.push(FileEntry {
             name: name.to_string(),
             bytes: bytes.len() as u64,
-            crc32c: CRC.checksum(bytes),
+            crc32c: CRC32C.checksum(bytes),
         });
     }
     let manifest = Manifest {
@@ -205,7 +205,7 @@ fn verify(dir: &Path) -> Result<Manifest, CheckpointError> {
                 entry.bytes
             )));
         }
-        let crc = CRC.checksum(&bytes);
+        let crc = CRC32C.checksum(&bytes);
         if crc != entry.crc32c {
             return Err(corrupt(format!(
                 "CRC-32C {crc:08x}, manifest says {:08x}",

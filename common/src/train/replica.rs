@@ -24,6 +24,7 @@ use super::clip::clip_global_norm;
 use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule};
 use super::schedule::LrSchedule;
+use crate::CRC32C;
 use crate::collective::{Collective, GradientBuckets, ReduceOp, WireFormat};
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
@@ -110,7 +111,7 @@ impl<B: AutodiffBackend> Replica<B> {
     /// coordinator resolved).
     pub fn new(
         exp: &Experiment,
-        collective: Box<dyn Collective>,
+        mut collective: Box<dyn Collective>,
         model: Network<B>,
         device: B::Device,
     ) -> anyhow::Result<Self> {
@@ -128,7 +129,6 @@ impl<B: AutodiffBackend> Replica<B> {
                 source::data_root(exp).unwrap_or_default()
             );
         }
-        let mut collective = collective;
         let mut params = params::flatten_params(&model);
         if collective.world_size() > 1 {
             collective
@@ -155,10 +155,7 @@ impl<B: AutodiffBackend> Replica<B> {
             params,
             model,
             collective,
-            buckets: GradientBuckets::new(
-                (exp.cluster.bucket_mib * 1048576.0) as usize,
-                exp.cluster.gradient_wire,
-            ),
+            buckets: GradientBuckets::new(exp.cluster.bucket_bytes(), exp.cluster.gradient_wire),
             loss: CrossEntropyLossConfig::new()
                 .with_smoothing(smoothing)
                 .init(&device),
@@ -448,8 +445,7 @@ impl<B: AutodiffBackend> Replica<B> {
     /// all-reduce, and all ranks compare the gathered checksums. `steps_done` names the step in
     /// the error.
     pub fn check_consistency(&mut self, steps_done: u64) -> anyhow::Result<()> {
-        const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
-        let mut digest = CRC.digest();
+        let mut digest = CRC32C.digest();
         for value in &self.params {
             digest.update(&value.to_le_bytes());
         }

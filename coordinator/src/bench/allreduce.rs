@@ -88,7 +88,7 @@ pub fn run(bench: &AllReduceBench<'_>) -> anyhow::Result<()> {
         }
         false => None,
     };
-    print_table(bench, &ours, gloo.as_ref())?;
+    print_table(bench, &ours, gloo.as_ref());
     if let Some(iperf) = &iperf {
         println!(
             "iperf3 loopback TCP, 5 s: 1 stream {:.2} GB/s; {} parallel streams {:.2} GB/s in all \
@@ -274,11 +274,7 @@ fn bus_factor(workers: usize) -> f64 {
     2.0 * (workers - 1) as f64 / workers as f64
 }
 
-fn print_table(
-    bench: &AllReduceBench<'_>,
-    ours: &[f64],
-    gloo: Option<&GlooResult>,
-) -> anyhow::Result<()> {
+fn print_table(bench: &AllReduceBench<'_>, ours: &[f64], gloo: Option<&GlooResult>) {
     let factor = bus_factor(bench.workers);
     println!(
         "all-reduce (mean), {} processes on this machine, {} on the wire; time in µs, bandwidth in GB/s",
@@ -323,7 +319,6 @@ fn print_table(
             None => println!(),
         }
     }
-    Ok(())
 }
 
 /// The issue's comparison at 64 MiB, when that size was measured.

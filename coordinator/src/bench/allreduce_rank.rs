@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use incept_common::CRC32C;
 use incept_common::collective::{Collective, ReduceOp, Ring, WireFormat};
 use serde::{Deserialize, Serialize};
 
@@ -35,8 +36,6 @@ pub struct SizeReport {
     /// Timing mode: mean seconds per all-reduce on this rank.
     #[serde(default)]
     pub seconds: f64,
-    #[serde(default)]
-    pub iters: usize,
     /// Check mode: CRC-32C of every output buffer, which must agree across ranks.
     #[serde(default)]
     pub digest: u32,
@@ -87,7 +86,7 @@ fn read_peers(world: usize) -> anyhow::Result<Vec<SocketAddr>> {
 
 /// Timed iterations for a size, as nccl-tests does it: many for latency-bound sizes, a few for
 /// bandwidth-bound ones (about 1 GiB moved per size, 5 to 500 iterations).
-pub fn default_iters(bytes: usize) -> usize {
+fn default_iters(bytes: usize) -> usize {
     ((1usize << 30) / bytes.max(1)).clamp(5, 500)
 }
 
@@ -120,7 +119,6 @@ fn time_size(
     Ok(SizeReport {
         bytes,
         seconds,
-        iters,
         digest: 0,
         errors: Vec::new(),
     })
@@ -131,8 +129,7 @@ fn time_size(
 fn check_size(ring: &mut Ring, bytes: usize) -> anyhow::Result<SizeReport> {
     let (rank, world) = (ring.rank(), ring.world_size());
     let len = bytes / 4;
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
-    let mut digest = CRC.digest();
+    let mut digest = CRC32C.digest();
     let mut errors = Vec::new();
     let cases = [
         (ReduceOp::Sum, WireFormat::F32),
@@ -172,7 +169,6 @@ fn check_size(ring: &mut Ring, bytes: usize) -> anyhow::Result<SizeReport> {
     Ok(SizeReport {
         bytes,
         seconds: 0.0,
-        iters: 0,
         digest: digest.finalize(),
         errors,
     })
