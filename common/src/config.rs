@@ -101,6 +101,12 @@ pub struct ClusterSection {
     pub gradient_wire: WireFormat,
     /// CPU threads each locally launched worker computes with.
     pub threads_per_worker: usize,
+    /// What each worker computes on: `cpu`, `cuda` (GPU `LOCAL_RANK`), or `auto` (cuda where
+    /// the preflight finds a driver, a GPU and NVRTC; else cpu).
+    pub device: DeviceKind,
+    /// GPUs of one node: the local launcher gives its worker `i` `LOCAL_RANK = i % gpus_per_node`
+    /// (two workers share GPU 0 with the default 1).
+    pub gpus_per_node: usize,
 }
 
 impl Default for ClusterSection {
@@ -117,6 +123,8 @@ impl Default for ClusterSection {
             bucket_mib: 25.0,
             gradient_wire: WireFormat::F32,
             threads_per_worker: 1,
+            device: DeviceKind::Cpu,
+            gpus_per_node: 1,
         }
     }
 }
@@ -125,6 +133,28 @@ impl ClusterSection {
     /// `bucket_mib` in whole bytes.
     pub fn bucket_bytes(&self) -> usize {
         (self.bucket_mib * f64::from(1 << 20)) as usize
+    }
+}
+
+/// What a worker computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// burn's flex backend on the CPU.
+    Cpu,
+    /// burn's CUDA backend on GPU `LOCAL_RANK` (workers built with the `cuda` feature).
+    Cuda,
+    /// CUDA where the preflight passes, else the CPU.
+    Auto,
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Auto => "auto",
+        })
     }
 }
 
@@ -573,6 +603,7 @@ impl Experiment {
             "must be f32 with cluster.backend = \"nccl\" (NCCL reduces in the wire type)",
         );
         check.at_least("cluster.threads_per_worker", c.threads_per_worker, 1);
+        check.at_least("cluster.gpus_per_node", c.gpus_per_node, 1);
 
         let m = &self.model;
         let archs = crate::model::registry::ARCHS;

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
-use incept_common::TrainBackend;
+use incept_common::collective::CpuBackend;
 use incept_common::collective::{Ring, WireFormat};
 use incept_common::config::{Experiment, OptimizerKind};
 use incept_common::model::params::flatten_params;
@@ -36,9 +36,9 @@ fn experiment(world_size: usize, accumulate: usize) -> Experiment {
     exp
 }
 
-fn initial_model(exp: &Experiment) -> Network<TrainBackend> {
+fn initial_model(exp: &Experiment) -> Network<CpuBackend> {
     let device = Default::default();
-    TrainBackend::seed(&device, exp.run.seed);
+    CpuBackend::seed(&device, exp.run.seed);
     registry::build(&exp.model, &device)
 }
 
@@ -66,7 +66,7 @@ fn on_ring<T: Send>(world: usize, work: impl Fn(usize, Ring) -> T + Sync) -> Vec
 }
 
 /// Trains every rank of `exp`; returns each rank's final parameters and step losses.
-fn train(exp: &Experiment, model: &Network<TrainBackend>) -> Vec<(Vec<f32>, Vec<f64>)> {
+fn train(exp: &Experiment, model: &Network<CpuBackend>) -> Vec<(Vec<f32>, Vec<f64>)> {
     on_ring(exp.cluster.world_size, |_, ring| {
         let mut replica =
             Replica::new(exp, Box::new(ring), model.clone(), Default::default()).unwrap();

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use incept_common::config::{ClusterSection, DeviceKind};
 use tokio::process::{Child, Command};
 
 /// Environment variable naming the worker binary explicitly.
@@ -57,22 +58,37 @@ struct LocalWorker {
     log: PathBuf,
 }
 
+/// Runs the CUDA preflight for the GPUs that local workers of `cluster` would train on, so a
+/// machine without them fails the launch before any worker starts, naming what is missing.
+pub fn check_local_devices(cluster: &ClusterSection) -> anyhow::Result<()> {
+    if cluster.device != DeviceKind::Cuda {
+        return Ok(());
+    }
+    let gpus = cluster.world_size.min(cluster.gpus_per_node);
+    for ordinal in 0..gpus {
+        incept_common::device::preflight(ordinal)
+            .map_err(|missing| anyhow::anyhow!("cluster.device = \"cuda\": {missing}"))?;
+    }
+    Ok(())
+}
+
 /// Worker processes spawned by this coordinator; killed when dropped.
 pub struct LocalWorkers {
     workers: Vec<LocalWorker>,
 }
 
 impl LocalWorkers {
-    /// Starts `count` workers that join the coordinator at `url`; each logs to `worker-<i>.log`
-    /// in `log_dir` and computes with `threads` CPU threads.
+    /// Starts `cluster.world_size` workers that join the coordinator at `url`; each logs to
+    /// `worker-<i>.log` in `log_dir`, computes with `cluster.threads_per_worker` CPU threads and,
+    /// on CUDA, on GPU `LOCAL_RANK = i % cluster.gpus_per_node`.
     pub fn spawn(
         worker: &WorkerCommand,
-        count: usize,
+        cluster: &ClusterSection,
         url: &str,
         token: &str,
-        threads: usize,
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
+        let count = cluster.world_size;
         let mut workers = Vec::with_capacity(count);
         for index in 0..count {
             let log = log_dir.join(format!("worker-{index}.log"));
@@ -83,7 +99,8 @@ impl LocalWorkers {
                 .arg("--coordinator")
                 .arg(url)
                 .env("INCEPT_TOKEN", token)
-                .env("RAYON_NUM_THREADS", threads.to_string())
+                .env("RAYON_NUM_THREADS", cluster.threads_per_worker.to_string())
+                .env("LOCAL_RANK", (index % cluster.gpus_per_node).to_string())
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
                 .stderr(file)

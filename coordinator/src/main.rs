@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use incept_common::collective::WireFormat;
-use incept_common::config;
+use incept_common::config::{self, DeviceKind};
 use incept_common::data::pack::PackOptions;
 
 #[derive(Parser, Debug)]
@@ -137,6 +137,16 @@ enum DatasetCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// On a GPU: all-reduce a flat tensor through NCCL in its own device memory, bucket by
+    /// bucket, and check every value (needs --features cuda, a GPU and libnccl).
+    NcclInplace {
+        /// Values in the flat tensor.
+        #[arg(long, default_value_t = 10_000_000)]
+        len: usize,
+        /// Bucket size in MiB (fractions allowed).
+        #[arg(long, default_value_t = 25.0)]
+        bucket_mib: f64,
+    },
     /// Training-step images/s and peak memory (forward, loss, backward, optimizer).
     Step {
         #[arg(long, default_value = "inception_resnet_v2")]
@@ -149,6 +159,9 @@ enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// What incept computes on: cpu, cuda (GPU LOCAL_RANK) or auto.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
         /// Also run this PyTorch script with the same settings (e.g.
         /// experiments/baselines/bench_step_torch.py) and print both rows.
         #[arg(long)]
@@ -300,6 +313,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
+            what: BenchCommand::NcclInplace { len, bucket_mib },
+        } => {
+            bench::nccl_inplace::run(len, (bucket_mib * f64::from(1 << 20)) as usize)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
             what:
                 BenchCommand::Step {
                     arch,
@@ -307,6 +326,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     image_size,
                     steps,
                     warmup,
+                    device,
                     compare,
                 },
         } => {
@@ -316,6 +336,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 image_size,
                 steps,
                 warmup,
+                device: device.into(),
                 compare: compare.as_deref(),
             })?;
             Ok(ExitCode::SUCCESS)
@@ -436,4 +457,22 @@ fn list_runs(state_dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--device` values, as `cluster.device` takes them.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+impl From<DeviceArg> for DeviceKind {
+    fn from(arg: DeviceArg) -> Self {
+        match arg {
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+            DeviceArg::Auto => DeviceKind::Auto,
+        }
+    }
 }

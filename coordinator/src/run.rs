@@ -16,7 +16,7 @@ use incept_common::proto::{DataPlan, EvaluationReport, WorkerResult};
 use incept_common::train::checkpoint;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
-use crate::launcher::{LocalWorkers, WorkerCommand};
+use crate::launcher::{self, LocalWorkers, WorkerCommand};
 use crate::progress::{Progress, human};
 use crate::rendezvous::Rendezvous;
 use crate::service::{self, Event, RunContext};
@@ -141,10 +141,9 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
     let mut workers = match worker_bin {
         Some(bin) => Some(LocalWorkers::spawn(
             &bin,
-            exp.cluster.world_size,
+            &exp.cluster,
             &url,
             &token,
-            exp.cluster.threads_per_worker,
             &run_dir,
         )?),
         None => {
@@ -185,6 +184,9 @@ fn prepare_new(
 ) -> anyhow::Result<Prepared> {
     let mut exp = config::load(experiment, overrides)?;
     let origin = experiment.display().to_string();
+    if exp.cluster.launcher == Launcher::Local {
+        launcher::check_local_devices(&exp.cluster)?;
+    }
     check_data_paths(&exp, &origin)?;
     let layout = open_dataset(&mut exp, &origin)?;
     std::fs::create_dir_all(state_dir)

@@ -681,3 +681,29 @@ fn a_missing_dataset_is_named_before_any_worker_starts() {
     assert!(stderr.contains("data.path"), "{stderr}");
     assert!(!fx.state_dir().exists(), "nothing was created for the run");
 }
+
+#[test]
+fn cuda_on_a_machine_without_a_gpu_stops_before_any_worker_starts() {
+    if Path::new("/dev/nvidia0").exists() {
+        eprintln!("SKIPPED cuda_on_a_machine_without_a_gpu…: this machine has an NVIDIA GPU");
+        return;
+    }
+    let fx = Fixture::new(TINY);
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment())
+        .args(["--set", "cluster.device=cuda"])
+        .env_remove("CUDA_PATH");
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    for needle in [
+        "cluster.device = \"cuda\"",
+        "this machine cannot train on CUDA",
+        "libcuda.so not found",
+        "NVRTC (libnvrtc.so) not found",
+        "set CUDA_PATH",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    assert!(!fx.state_dir().exists(), "nothing was created for the run");
+}

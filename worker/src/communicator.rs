@@ -39,17 +39,12 @@ pub fn connect(
     }
 }
 
-/// Joins the NCCL communicator of rank 0's id on GPU `LOCAL_RANK` (torchrun's and our launchers'
-/// convention; 0 when unset).
+/// Joins the NCCL communicator of rank 0's id on GPU `LOCAL_RANK` (or Slurm's or Open MPI's
+/// local rank; 0 when none is set), the GPU this worker trains on.
 #[cfg(feature = "cuda")]
 fn connect_nccl(assignment: &Assignment, timeout: Duration) -> anyhow::Result<Box<dyn Collective>> {
     use incept_common::collective::nccl::{Nccl, NcclId};
-    let gpu = match std::env::var("LOCAL_RANK") {
-        Ok(value) => value
-            .parse()
-            .with_context(|| format!("LOCAL_RANK={value:?} is not a GPU ordinal"))?,
-        Err(_) => 0,
-    };
+    let gpu = incept_common::device::local_rank()?;
     if assignment.nccl_id.is_empty() {
         anyhow::bail!(
             "rank 0 offered no NCCL unique id (is its worker built with --features cuda, with \

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use burn::tensor::backend::Backend;
-use incept_common::TrainBackend;
-use incept_common::collective::AbortHandle;
+use incept_common::collective::{AbortHandle, CpuBackend, TrainBackend};
 use incept_common::config::Experiment;
 use incept_common::data::DataPosition;
+use incept_common::device::{self, ComputeDevice};
 use incept_common::model::{import, registry};
 use incept_common::proto::{
     Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics,
@@ -52,7 +51,8 @@ impl Progress {
     }
 }
 
-/// Trains the assigned replica to the end of the run and evaluates it.
+/// Trains the assigned replica to the end of the run on the device `cluster.device` names
+/// (GPU `LOCAL_RANK` for CUDA, checked before anything is built) and evaluates it.
 pub fn run(
     assignment: &Assignment,
     listener: TcpListener,
@@ -61,6 +61,40 @@ pub fn run(
 ) -> anyhow::Result<Evaluation> {
     let exp = Experiment::from_toml(&assignment.experiment_toml)
         .context("the assignment's experiment is invalid")?;
+    let compute = device::resolve(exp.cluster.device, device::local_rank()?)?;
+    tracing::info!(device = %compute, "computing on");
+    match compute {
+        ComputeDevice::Cpu => train::<CpuBackend>(
+            &exp,
+            Default::default(),
+            assignment,
+            listener,
+            reports,
+            progress,
+        ),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda(ordinal) => train::<incept_common::collective::device::CudaBackend>(
+            &exp,
+            burn::backend::cuda::CudaDevice::new(ordinal),
+            assignment,
+            listener,
+            reports,
+            progress,
+        ),
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda(_) => bail!("this worker was built without the `cuda` feature"),
+    }
+}
+
+/// [`run`] on backend `B`.
+fn train<B: TrainBackend>(
+    exp: &Experiment,
+    device: B::Device,
+    assignment: &Assignment,
+    listener: TcpListener,
+    reports: &UnboundedSender<Report>,
+    progress: &Progress,
+) -> anyhow::Result<Evaluation> {
     let peers = assignment
         .peers
         .iter()
@@ -85,14 +119,13 @@ pub fn run(
     if progress.stop.load(Ordering::Relaxed) {
         bail!("stopped by the coordinator while the workers connected");
     }
-    let device = Default::default();
-    TrainBackend::seed(&device, exp.run.seed);
-    let mut model = registry::build::<TrainBackend>(&exp.model, &device);
+    B::seed(&device, exp.run.seed);
+    let mut model = registry::build::<B>(&exp.model, &device);
     if let Some(weights) = &exp.model.init_from {
         model = import::load_incept(model, weights)?;
         tracing::info!(path = %weights.display(), "initialised from imported weights");
     }
-    let mut replica = Replica::new(&exp, collective, model, device)?;
+    let mut replica = Replica::new(exp, collective, model, device)?;
     let start = match assignment.resume_from.as_str() {
         "" => 0,
         path => {
@@ -171,8 +204,8 @@ pub fn run(
 
 /// Adopts the coordinator's epoch plan: the same shards as the dataset this worker opened, and
 /// the data position a resumed run continues from.
-fn apply_plan(
-    replica: &mut Replica<TrainBackend>,
+fn apply_plan<B: TrainBackend>(
+    replica: &mut Replica<B>,
     assignment: &Assignment,
     start: u64,
 ) -> anyhow::Result<()> {
@@ -218,9 +251,9 @@ impl Checkpointer<'_> {
         self.enabled && (done == total || (self.every > 0 && done.is_multiple_of(self.every)))
     }
 
-    fn write(
+    fn write<B: TrainBackend>(
         &self,
-        replica: &Replica<TrainBackend>,
+        replica: &Replica<B>,
         done: u64,
     ) -> anyhow::Result<CheckpointReport> {
         let dir = checkpoint::write(&self.root, &replica.state(done), self.config)

@@ -6,7 +6,10 @@ use std::ops::Range;
 use std::sync::mpsc;
 use std::thread;
 
-use super::{Collective, CollectiveError, ReduceOp, WireFormat};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::{Collective, CollectiveError, DeviceBuckets, ReduceOp, WireFormat};
 
 /// Default bucket size, PyTorch DDP's `bucket_cap_mb`.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -80,6 +83,43 @@ impl GradientBuckets {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+
+    /// Mean all-reduce of a flat gradient on its device, bucket by bucket in the same order as
+    /// [`all_reduce_mean`](Self::all_reduce_mean). Where the collective reaches device memory
+    /// (NCCL on CUDA) each bucket is reduced in place; otherwise each is downloaded on this
+    /// thread into a host buffer while the previous one is on the wire, and the reduced gradient
+    /// is uploaded in one piece.
+    pub fn all_reduce_mean_tensor<B: DeviceBuckets>(
+        &self,
+        collective: &mut dyn Collective,
+        flat: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>, CollectiveError> {
+        let [len] = flat.dims();
+        if B::reduces_in_place(collective) {
+            let reduced = self
+                .ranges(len)
+                .map(|range| B::all_reduce_in_place(flat.clone().slice(range), collective))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Tensor::cat(reduced, 0));
+        }
+        let mut host = vec![0.0; len];
+        let mut download_error = None;
+        self.all_reduce_mean(collective, &mut host, |range, bucket| {
+            match flat.clone().slice(range).into_data().into_vec::<f32>() {
+                Ok(values) => bucket.copy_from_slice(&values),
+                Err(e) => download_error = Some(format!("{e:?}")),
+            }
+        })?;
+        if let Some(error) = download_error {
+            return Err(CollectiveError::Invalid(format!(
+                "a gradient bucket is not f32: {error}"
+            )));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(host, [len]),
+            &flat.device(),
+        ))
     }
 }
 

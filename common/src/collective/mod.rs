@@ -15,6 +15,7 @@
 
 mod abort;
 pub mod bucket;
+pub mod device;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ring;
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 
 pub use abort::AbortHandle;
 pub use bucket::GradientBuckets;
+pub use device::{CpuBackend, DeviceBuckets, TrainBackend};
 pub use ring::Ring;
 pub use wire::WireFormat;
 
@@ -72,6 +74,12 @@ pub trait Collective: Send {
 
     /// A handle that aborts this communicator from any thread.
     fn abort_handle(&self) -> AbortHandle;
+
+    /// The NCCL communicator behind this collective, which reduces GPU memory in place.
+    #[cfg(feature = "cuda")]
+    fn as_nccl(&mut self) -> Option<&mut nccl::Nccl> {
+        None
+    }
 }
 
 /// Failure of a collective operation.

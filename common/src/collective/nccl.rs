@@ -6,9 +6,10 @@
 //! asynchronous error (`ncclCommGetAsyncError`), the deadline and the [`AbortHandle`], and
 //! aborts the communicator (`ncclCommAbort`) on any of them, so a dead peer never hangs a rank.
 //!
-//! [`Nccl::all_reduce_device`] reduces a buffer already on the GPU (a flattened bucket tensor's
-//! device pointer); the [`Collective`] methods take host buffers and stage them through a
-//! device buffer the communicator keeps. NCCL reduces in the buffer's own type, so only the
+//! [`Nccl::all_reduce_device`] reduces a buffer already on the GPU in place: training hands it
+//! each gradient bucket's own allocation (see `collective::device`). The [`Collective`] methods
+//! take host buffers (the initial broadcast, the loss, evaluation counts) and stage them through
+//! a device buffer the communicator keeps. NCCL reduces in the buffer's own type, so only the
 //! f32 wire format is offered: compression is for the TCP ring.
 //!
 //! cudarc loads `libnccl.so` (and a few versioned names, but not `libnccl.so.2`, the name NCCL's
@@ -353,6 +354,10 @@ impl Collective for Nccl {
 
     fn abort_handle(&self) -> AbortHandle {
         self.abort.clone()
+    }
+
+    fn as_nccl(&mut self) -> Option<&mut Nccl> {
+        Some(self)
     }
 }
 

@@ -122,46 +122,56 @@ fn scatter<B: Backend, M: Module<B>>(module: M, flat: &[f32], kind: Kind) -> M {
     module
 }
 
-/// Adds the gradients of the trainable parameters, in module order, into `acc`
-/// (a parameter that received no gradient contributes zeros).
-pub fn accumulate_grads<B: AutodiffBackend, M: Module<B>>(
-    module: &M,
-    grads: &B::Gradients,
-    acc: &mut [f32],
-) {
-    let len = acc.len();
-    let total = accumulate_grads_in(module, grads, 0..len, acc);
-    assert_eq!(total, len, "gradient buffer has the wrong length");
+/// The trainable parameters as one flat tensor on their own device, in module order: what the
+/// device-resident step updates.
+pub fn flat_params<B: AutodiffBackend, M: Module<B>>(module: &M) -> Tensor<B::InnerBackend, 1> {
+    flat_trainable(module, None)
 }
 
-/// Adds the flat gradient's values at `window` into `acc` (`window.len()` values), reading
-/// only the tensors that overlap the window: how a gradient bucket is packed. Returns the
-/// length of the whole flat gradient.
-pub fn accumulate_grads_in<B: AutodiffBackend, M: Module<B>>(
+/// The gradients of the trainable parameters as one flat tensor on their device, in module
+/// order (zeros for a parameter that received none).
+pub fn flat_grads<B: AutodiffBackend, M: Module<B>>(
     module: &M,
     grads: &B::Gradients,
-    window: Range<usize>,
-    acc: &mut [f32],
-) -> usize {
-    assert_eq!(acc.len(), window.len(), "gradient window and buffer differ");
-    let mut visitor = GradAccumulator {
+) -> Tensor<B::InnerBackend, 1> {
+    flat_trainable(module, Some(grads))
+}
+
+/// Replaces the trainable parameters with views of `flat` (as produced by [`flat_params`]),
+/// without leaving the device.
+pub fn load_flat_params<B: AutodiffBackend, M: Module<B>>(
+    module: M,
+    flat: &Tensor<B::InnerBackend, 1>,
+) -> M {
+    let mut scatter = FlatScatter::<B> {
         path: Vec::new(),
-        grads,
-        window,
-        acc,
+        flat,
         offset: 0,
     };
-    module.visit(&mut visitor);
-    assert!(
-        visitor.window.end <= visitor.offset,
-        "gradient window {:?} ends past the {} trainable values",
-        visitor.window,
-        visitor.offset
+    let module = module.map(&mut scatter);
+    assert_eq!(
+        scatter.offset,
+        flat.dims()[0],
+        "flat parameter tensor has the wrong length"
     );
-    visitor.offset
+    module
 }
 
-fn is_trainable(path: &str) -> bool {
+fn flat_trainable<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: Option<&B::Gradients>,
+) -> Tensor<B::InnerBackend, 1> {
+    let mut gather = FlatGather::<B> {
+        path: Vec::new(),
+        grads,
+        pieces: Vec::new(),
+    };
+    module.visit(&mut gather);
+    Tensor::cat(gather.pieces, 0)
+}
+
+/// Weights, biases and BatchNorm gamma/beta: everything but the running statistics.
+pub(crate) fn is_trainable(path: &str) -> bool {
     !(path.ends_with("running_mean") || path.ends_with("running_var"))
 }
 
@@ -251,16 +261,14 @@ impl<B: Backend> ModuleMapper<B> for Scatter<'_> {
     }
 }
 
-struct GradAccumulator<'a, B: AutodiffBackend> {
+struct FlatGather<'a, B: AutodiffBackend> {
     path: Vec<String>,
-    grads: &'a B::Gradients,
-    /// The part of the flat gradient that `acc` holds.
-    window: Range<usize>,
-    acc: &'a mut [f32],
-    offset: usize,
+    /// Gather these gradients instead of the values.
+    grads: Option<&'a B::Gradients>,
+    pieces: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradAccumulator<'_, B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for FlatGather<'_, B> {
     track_path!();
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -268,22 +276,38 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradAccumulator<'_, B> {
             return;
         }
         let tensor = param.val();
-        let range = self.offset..self.offset + tensor.shape().num_elements();
-        self.offset = range.end;
-        let (start, end) = (
-            range.start.max(self.window.start),
-            range.end.min(self.window.end),
-        );
-        if start >= end {
-            return;
+        let len = tensor.shape().num_elements();
+        let piece = match self.grads {
+            None => tensor.inner(),
+            Some(grads) => match tensor.grad(grads) {
+                Some(grad) => grad,
+                None => Tensor::zeros(tensor.shape(), &tensor.device()),
+            },
+        };
+        self.pieces.push(piece.reshape([len]));
+    }
+}
+
+struct FlatScatter<'a, B: AutodiffBackend> {
+    path: Vec<String>,
+    flat: &'a Tensor<B::InnerBackend, 1>,
+    offset: usize,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FlatScatter<'_, B> {
+    track_path!();
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if !is_trainable(&self.path.join(".")) {
+            return param;
         }
-        if let Some(grad) = tensor.grad(self.grads) {
-            let grad = &to_vec(grad)[start - range.start..end - range.start];
-            let slot = &mut self.acc[start - self.window.start..end - self.window.start];
-            for (a, g) in slot.iter_mut().zip(grad) {
-                *a += g;
-            }
-        }
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.shape();
+        let end = self.offset + shape.num_elements();
+        let view = self.flat.clone().slice(self.offset..end).reshape(shape);
+        self.offset = end;
+        let value = Tensor::from_inner(view).set_require_grad(tensor.is_require_grad());
+        Param::from_mapped_value(id, value, mapper)
     }
 }
 
@@ -339,29 +363,36 @@ mod tests {
     }
 
     #[test]
-    fn gradient_windows_tile_the_full_gradient_exactly() {
+    fn flat_tensors_match_the_host_views() {
         type B = burn::backend::Autodiff<Flex>;
         let model = InceptionResNetV2Config::new(5)
             .with_width(0.0625)
             .with_blocks([1, 1, 1])
             .init::<B>(&Default::default());
+        let host = flatten_params(&model);
+        let flat = flat_params(&model);
+        assert_eq!(flat.clone().into_data().into_vec::<f32>().unwrap(), host);
+
+        let shifted = flat.add_scalar(1.0);
+        let model = load_flat_params(model, &shifted);
+        let expected: Vec<f32> = host.iter().map(|v| v + 1.0).collect();
+        assert_eq!(flatten_params(&model), expected);
+
+        // Gradients in the same module order as the host reference gathers them.
         let grads = model
             .forward(crate::model::test_support::images(2, 75))
             .sum()
             .backward();
-        let len = trainable_len(&model);
-        let mut full = vec![0.5; len];
-        accumulate_grads(&model, &grads, &mut full);
-        // Windows that cut tensors in the middle, as buckets do.
-        let mut windowed = vec![0.5; len];
-        for (k, window) in windowed.chunks_mut(997).enumerate() {
-            let range = k * 997..k * 997 + window.len();
-            assert_eq!(accumulate_grads_in(&model, &grads, range, window), len);
-        }
-        assert_eq!(windowed, full);
+        let flat = flat_grads(&model, &grads)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let mut reference = vec![0.0; host.len()];
+        crate::train::reference::accumulate_grads(&model, &grads, &mut reference);
+        assert_eq!(flat, reference);
         assert!(
-            full.iter().any(|&g| g != 0.5),
-            "no gradient reached the buffer"
+            flat.iter().any(|&g| g != 0.0),
+            "no gradient reached the flat tensor"
         );
     }
 }

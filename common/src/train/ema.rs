@@ -1,37 +1,42 @@
 //! Exponential moving average of the weights, evaluated instead of the raw weights (as the
-//! Inception training code does). Kept on the flat vector, so it is identical on every replica.
+//! Inception training code does). Kept on the flat parameter tensor, on the worker's device, so
+//! it is identical on every replica.
+
+use burn::prelude::*;
 
 /// The moving average and its update count.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WeightAverage {
+#[derive(Debug, Clone)]
+pub struct WeightAverage<B: Backend> {
     decay: f64,
     updates: u64,
-    values: Vec<f32>,
+    values: Tensor<B, 1>,
 }
 
-impl WeightAverage {
+impl<B: Backend> WeightAverage<B> {
     /// Starts the average at `params`.
-    pub fn new(decay: f64, params: &[f32]) -> Self {
+    pub fn new(decay: f64, params: &Tensor<B, 1>) -> Self {
         Self {
             decay,
             updates: 0,
-            values: params.to_vec(),
+            values: params.clone(),
         }
     }
 
     /// Folds in the parameters after an optimizer step. As TF's `ExponentialMovingAverage` with
     /// `num_updates`, the decay is min(decay, (1 + n) / (10 + n)), so early averages are not
     /// dominated by the initial weights.
-    pub fn update(&mut self, params: &[f32]) {
+    pub fn update(&mut self, params: &Tensor<B, 1>) {
         let n = self.updates as f64;
         let decay = self.decay.min((1.0 + n) / (10.0 + n)) as f32;
-        for (avg, &p) in self.values.iter_mut().zip(params) {
-            *avg = decay * *avg + (1.0 - decay) * p;
-        }
+        self.values = self
+            .values
+            .clone()
+            .mul_scalar(decay)
+            .add(params.clone().mul_scalar(1.0 - decay));
         self.updates += 1;
     }
 
-    pub fn values(&self) -> &[f32] {
+    pub fn values(&self) -> &Tensor<B, 1> {
         &self.values
     }
 
@@ -40,7 +45,7 @@ impl WeightAverage {
     }
 
     /// Restores a checkpointed average.
-    pub fn restore(&mut self, updates: u64, values: Vec<f32>) {
+    pub fn restore(&mut self, updates: u64, values: Tensor<B, 1>) {
         self.updates = updates;
         self.values = values;
     }
@@ -48,25 +53,32 @@ impl WeightAverage {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::Flex;
+
     use super::*;
+    use crate::train::optim::to_host;
+
+    fn value(v: f32) -> Tensor<Flex, 1> {
+        Tensor::from_floats([v], &Default::default())
+    }
 
     #[test]
     fn follows_tf_num_updates_schedule() {
-        let mut avg = WeightAverage::new(0.9999, &[0.0]);
-        avg.update(&[1.0]); // decay min(0.9999, 1/10) = 0.1
-        assert!((avg.values()[0] - 0.9).abs() < 1e-6);
-        avg.update(&[1.0]); // decay 2/11
+        let mut avg = WeightAverage::new(0.9999, &value(0.0));
+        avg.update(&value(1.0)); // decay min(0.9999, 1/10) = 0.1
+        assert!((to_host(avg.values().clone())[0] - 0.9).abs() < 1e-6);
+        avg.update(&value(1.0)); // decay 2/11
         let expected = 2.0 / 11.0 * 0.9 + 9.0 / 11.0;
-        assert!((avg.values()[0] - expected).abs() < 1e-6);
+        assert!((to_host(avg.values().clone())[0] - expected).abs() < 1e-6);
     }
 
     #[test]
     fn long_runs_use_the_configured_decay() {
-        let mut avg = WeightAverage::new(0.5, &[0.0]);
+        let mut avg = WeightAverage::new(0.5, &value(0.0));
         for _ in 0..100 {
-            avg.update(&[0.0]);
+            avg.update(&value(0.0));
         }
-        avg.update(&[1.0]);
-        assert!((avg.values()[0] - 0.5).abs() < 1e-6);
+        avg.update(&value(1.0));
+        assert!((to_host(avg.values().clone())[0] - 0.5).abs() < 1e-6);
     }
 }

@@ -5,6 +5,8 @@ pub mod checkpoint;
 pub mod clip;
 pub mod ema;
 pub mod optim;
+#[cfg(any(test, feature = "testing"))]
+pub mod reference;
 pub mod replica;
 pub mod schedule;
 

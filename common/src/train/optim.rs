@@ -1,12 +1,16 @@
-//! Optimizers over the flat trainable-parameter vector, with the semantics of the Inception
+//! Optimizers over the flat trainable-parameter tensor, with the semantics of the Inception
 //! papers' TensorFlow code.
 //!
 //! burn's RMSProp differs from TensorFlow's (ε outside the root, accumulator starting at 0,
-//! learning rate outside the momentum buffer), so the update rules are written here. They work
-//! on the same flat vector the ring all-reduces: every replica applies bit-identical updates,
-//! and the whole optimizer state is two plain vectors.
+//! learning rate outside the momentum buffer), so the update rules are written here. They run
+//! as element-wise tensor operations on the worker's device, over the same flat gradient the
+//! collective all-reduces: every replica applies bit-identical updates, and the whole optimizer
+//! state is two flat tensors.
 
 use std::ops::Range;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
 
 use crate::config::{OptimizerKind, OptimizerSection};
 
@@ -40,111 +44,170 @@ impl From<&OptimizerSection> for UpdateRule {
     }
 }
 
-/// An optimizer with its state, for one flat parameter vector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Optimizer {
+/// An optimizer with its state, for one flat parameter tensor.
+#[derive(Debug, Clone)]
+pub struct Optimizer<B: Backend> {
     rule: UpdateRule,
     weight_decay: f32,
-    /// Ranges of the flat vector weight decay applies to (convolution and FC weights).
-    decayed: Vec<Range<usize>>,
-    /// RMSProp mean-square accumulator (empty for SGD).
-    mean_square: Vec<f32>,
-    velocity: Vec<f32>,
+    /// 1 where weight decay applies (convolution and FC weights), 0 elsewhere; `None` when
+    /// there is no weight decay.
+    decay_mask: Option<Tensor<B, 1>>,
+    /// RMSProp mean-square accumulator (`None` for SGD).
+    mean_square: Option<Tensor<B, 1>>,
+    /// Always present between steps; taken during one so the update can reuse its memory.
+    velocity: Option<Tensor<B, 1>>,
+    len: usize,
 }
 
-impl Optimizer {
+impl<B: Backend> Optimizer<B> {
+    /// An optimizer for `len` parameters on `device`; weight decay applies to `decayed`.
     pub fn new(
         rule: UpdateRule,
         weight_decay: f64,
-        decayed: Vec<Range<usize>>,
+        decayed: &[Range<usize>],
         len: usize,
+        device: &B::Device,
     ) -> Self {
-        let mean_square = match rule {
-            UpdateRule::RmsPropTf { .. } => vec![1.0; len],
-            UpdateRule::Sgd { .. } => Vec::new(),
-        };
+        let decay_mask = (weight_decay != 0.0).then(|| {
+            let mut mask = vec![0f32; len];
+            for range in decayed {
+                mask[range.clone()].fill(1.0);
+            }
+            Tensor::from_data(TensorData::new(mask, [len]), device)
+        });
         Self {
             rule,
             weight_decay: weight_decay as f32,
-            decayed,
-            mean_square,
-            velocity: vec![0.0; len],
+            decay_mask,
+            mean_square: matches!(rule, UpdateRule::RmsPropTf { .. })
+                .then(|| Tensor::ones([len], device)),
+            velocity: Some(Tensor::zeros([len], device)),
+            len,
         }
     }
 
     /// Adds the gradient of the L2 penalty `wd/2·‖w‖²` (TF-slim's `l2_regularizer`) on the
-    /// decayed ranges.
-    pub fn add_weight_decay(&self, params: &[f32], grads: &mut [f32]) {
-        if self.weight_decay == 0.0 {
-            return;
-        }
-        for range in &self.decayed {
-            for (g, p) in grads[range.clone()].iter_mut().zip(&params[range.clone()]) {
-                *g += self.weight_decay * p;
-            }
+    /// decayed parameters.
+    pub fn add_weight_decay(&self, params: &Tensor<B, 1>, grads: Tensor<B, 1>) -> Tensor<B, 1> {
+        match &self.decay_mask {
+            None => grads,
+            Some(mask) => grads.add(
+                params
+                    .clone()
+                    .mul(mask.clone())
+                    .mul_scalar(self.weight_decay),
+            ),
         }
     }
 
-    /// The state to checkpoint: (mean square, velocity).
-    pub fn state(&self) -> (&[f32], &[f32]) {
-        (&self.mean_square, &self.velocity)
+    /// The state to checkpoint, on the host: (mean square, empty for SGD; velocity).
+    pub fn state(&self) -> (Vec<f32>, Vec<f32>) {
+        let host = |t: &Tensor<B, 1>| to_host(t.clone());
+        (
+            self.mean_square.as_ref().map(host).unwrap_or_default(),
+            host(self.velocity()),
+        )
     }
 
     /// Restores a checkpointed state; the lengths must match this optimizer's.
-    pub fn restore(&mut self, mean_square: Vec<f32>, velocity: Vec<f32>) -> Result<(), String> {
-        if mean_square.len() != self.mean_square.len() || velocity.len() != self.velocity.len() {
+    pub fn restore(
+        &mut self,
+        mean_square: Vec<f32>,
+        velocity: Vec<f32>,
+        device: &B::Device,
+    ) -> Result<(), String> {
+        let expected = (self.mean_square.as_ref().map_or(0, |_| self.len), self.len);
+        if (mean_square.len(), velocity.len()) != expected {
             return Err(format!(
                 "optimizer state has {} + {} values, this optimizer needs {} + {} \
                  (was the checkpoint made with another model or optimizer?)",
                 mean_square.len(),
                 velocity.len(),
-                self.mean_square.len(),
-                self.velocity.len()
+                expected.0,
+                expected.1
             ));
         }
-        self.mean_square = mean_square;
-        self.velocity = velocity;
+        let upload =
+            |values: Vec<f32>| Tensor::from_data(TensorData::new(values, [self.len]), device);
+        if self.mean_square.is_some() {
+            self.mean_square = Some(upload(mean_square));
+        }
+        self.velocity = Some(upload(velocity));
         Ok(())
     }
 
-    /// Applies one update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64, params: &mut [f32], grads: &[f32]) {
+    /// Applies one update with learning rate `lr`; returns the new parameters.
+    pub fn step(&mut self, lr: f64, params: Tensor<B, 1>, grads: Tensor<B, 1>) -> Tensor<B, 1> {
         let lr = lr as f32;
+        let velocity = self
+            .velocity
+            .take()
+            .expect("the velocity is put back every step");
         match self.rule {
             UpdateRule::RmsPropTf {
                 decay,
                 momentum,
                 epsilon,
             } => {
-                let state = self.mean_square.iter_mut().zip(&mut self.velocity);
-                for ((p, g), (ms, mom)) in params.iter_mut().zip(grads).zip(state) {
-                    *ms = decay * *ms + (1.0 - decay) * g * g;
-                    *mom = momentum * *mom + lr * g / (*ms + epsilon).sqrt();
-                    *p -= *mom;
-                }
+                let mean_square = self.mean_square.take().expect("RMSProp has a mean square");
+                // Evaluated in the host reference's order, so results agree to the bit.
+                let mean_square = mean_square
+                    .mul_scalar(decay)
+                    .add(grads.clone().mul_scalar(1.0 - decay).mul(grads.clone()));
+                let step = grads
+                    .mul_scalar(lr)
+                    .div(mean_square.clone().add_scalar(epsilon).sqrt());
+                let velocity = velocity.mul_scalar(momentum).add(step);
+                self.mean_square = Some(mean_square);
+                self.velocity = Some(velocity.clone());
+                params.sub(velocity)
             }
             UpdateRule::Sgd { momentum, nesterov } => {
-                for ((p, g), mom) in params.iter_mut().zip(grads).zip(&mut self.velocity) {
-                    *mom = momentum * *mom + g;
-                    let direction = if nesterov { g + momentum * *mom } else { *mom };
-                    *p -= lr * direction;
-                }
+                let velocity = velocity.mul_scalar(momentum).add(grads.clone());
+                let direction = if nesterov {
+                    grads.add(velocity.clone().mul_scalar(momentum))
+                } else {
+                    velocity.clone()
+                };
+                self.velocity = Some(velocity);
+                params.sub(direction.mul_scalar(lr))
             }
         }
     }
+
+    fn velocity(&self) -> &Tensor<B, 1> {
+        self.velocity
+            .as_ref()
+            .expect("the velocity is put back every step")
+    }
+}
+
+/// A flat tensor's values on the host.
+pub(crate) fn to_host<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("float tensors convert to f32")
 }
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::Flex;
+
     use super::*;
 
+    fn tensor(values: &[f32]) -> Tensor<Flex, 1> {
+        Tensor::from_floats(values, &Default::default())
+    }
+
     fn run(rule: UpdateRule, lr: f64, grads: &[[f32; 2]]) -> Vec<f32> {
-        let mut params = vec![1.0, -2.0];
-        let mut opt = Optimizer::new(rule, 0.0, Vec::new(), 2);
+        let mut params = tensor(&[1.0, -2.0]);
+        let mut opt = Optimizer::new(rule, 0.0, &[], 2, &Default::default());
         for g in grads {
-            opt.step(lr, &mut params, g);
+            params = opt.step(lr, params, tensor(g));
         }
-        params
+        to_host(params)
     }
 
     #[test]
@@ -196,15 +259,36 @@ mod tests {
     }
 
     #[test]
+    fn state_round_trips_through_the_host() {
+        let rule = UpdateRule::RmsPropTf {
+            decay: 0.9,
+            momentum: 0.5,
+            epsilon: 1.0,
+        };
+        let device = Default::default();
+        let mut opt = Optimizer::<Flex>::new(rule, 0.0, &[], 2, &device);
+        opt.step(0.1, tensor(&[1.0, 1.0]), tensor(&[2.0, -1.0]));
+        let (mean_square, velocity) = opt.state();
+        let mut restored = Optimizer::<Flex>::new(rule, 0.0, &[], 2, &device);
+        restored
+            .restore(mean_square.clone(), velocity.clone(), &device)
+            .unwrap();
+        assert_eq!(restored.state(), (mean_square, velocity));
+        let error = restored
+            .restore(vec![1.0], vec![0.0; 2], &device)
+            .unwrap_err();
+        assert!(error.contains("1 + 2 values"), "{error}");
+    }
+
+    #[test]
     fn weight_decay_applies_only_to_decayed_ranges() {
         let rule = UpdateRule::Sgd {
             momentum: 0.0,
             nesterov: false,
         };
-        let opt = Optimizer::new(rule, 0.5, vec![1..2, 2..3], 4);
-        let params = [2.0, 2.0, -4.0, 2.0];
-        let mut grads = [0.0; 4];
-        opt.add_weight_decay(&params, &mut grads);
-        assert_eq!(grads, [0.0, 1.0, -2.0, 0.0]);
+        let opt = Optimizer::new(rule, 0.5, &[1..2, 2..3], 4, &Default::default());
+        let params = tensor(&[2.0, 2.0, -4.0, 2.0]);
+        let grads = opt.add_weight_decay(&params, tensor(&[0.0; 4]));
+        assert_eq!(to_host(grads), [0.0, 1.0, -2.0, 0.0]);
     }
 }

@@ -2,12 +2,14 @@
 //! keeps it identical to its peers.
 //!
 //! Per optimizer step: for each of `accumulate` micro-batches, forward, loss, backward and add
-//! the flat gradients into one buffer; all-reduce the buffer (mean over ranks) in gradient
-//! buckets, packing the last micro-batch's gradients into bucket `k + 1` while bucket `k` is on
-//! the wire, and the summed loss apart (always in f32, whatever the gradients' wire format);
-//! divide by `accumulate`; add weight decay; clip to the global norm; update
-//! the flat parameters. Every rank applies the same update to the same parameters, so replicas
-//! stay identical; a step whose loss or gradient is not finite is skipped on every rank alike.
+//! the flat gradients into one flat tensor; all-reduce it (mean over ranks) in gradient
+//! buckets, and the summed loss apart (always in f32, whatever the gradients' wire format);
+//! divide by `accumulate`; add weight decay; clip to the global norm; update the flat
+//! parameters, whose views are the model's parameters. All of it runs as tensor operations on
+//! the replica's device (the CPU, or a GPU): the host sees only the loss and the gradient norm,
+//! and the buckets where the collective cannot reach device memory. Every rank applies the same
+//! update to the same parameters, so replicas stay identical; a step whose loss or gradient is
+//! not finite is skipped on every rank alike.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,15 +19,14 @@ use burn::module::AutodiffModule;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::TrainingState;
 use super::clip::clip_global_norm;
 use super::ema::WeightAverage;
-use super::optim::{Optimizer, UpdateRule};
+use super::optim::{Optimizer, UpdateRule, to_host};
 use super::schedule::LrSchedule;
 use crate::CRC32C;
-use crate::collective::{Collective, GradientBuckets, ReduceOp, WireFormat};
+use crate::collective::{Collective, GradientBuckets, ReduceOp, TrainBackend, WireFormat};
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
 use crate::data::plan::validation_share;
@@ -76,12 +77,12 @@ impl Evaluation {
 }
 
 /// A model replica bound to its rank in the data-parallel group.
-pub struct Replica<B: AutodiffBackend> {
+pub struct Replica<B: TrainBackend> {
     model: Network<B>,
-    /// The trainable parameters, flat; the model's tensors are refreshed from it every step.
-    params: Vec<f32>,
-    optimizer: Optimizer,
-    average: Option<WeightAverage>,
+    /// The trainable parameters, flat, on the device; the model's parameters are views of it.
+    params: Tensor<B::InnerBackend, 1>,
+    optimizer: Optimizer<B::InnerBackend>,
+    average: Option<WeightAverage<B::InnerBackend>>,
     collective: Box<dyn Collective>,
     buckets: GradientBuckets,
     loss: CrossEntropyLoss<B>,
@@ -100,12 +101,10 @@ pub struct Replica<B: AutodiffBackend> {
     max_nonfinite: u32,
     nonfinite_streak: u32,
     seed: u64,
-    /// Flat gradients, reused every step.
-    flat_grads: Vec<f32>,
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> Replica<B> {
+impl<B: TrainBackend> Replica<B> {
     /// Wraps `model` (built from `exp.model`), adopting rank 0's parameters so every replica
     /// starts identical, and opens the dataset `exp.data` names (with the sample counts the
     /// coordinator resolved).
@@ -135,8 +134,10 @@ impl<B: AutodiffBackend> Replica<B> {
                 .broadcast(&mut params, 0)
                 .context("broadcasting rank 0's initial parameters")?;
         }
-        let model = params::load_params(model, &params);
-        let decayed = params::trainable_segments(&model)
+        let len = params.len();
+        let params = Tensor::from_data(TensorData::new(params, [len]), &device);
+        let model = params::load_flat_params(model, &params);
+        let decayed: Vec<_> = params::trainable_segments(&model)
             .into_iter()
             .filter(|s| s.is_weight())
             .map(|s| s.range)
@@ -147,11 +148,11 @@ impl<B: AutodiffBackend> Replica<B> {
             optimizer: Optimizer::new(
                 UpdateRule::from(&train.optimizer),
                 train.weight_decay,
-                decayed,
-                params.len(),
+                &decayed,
+                len,
+                &device,
             ),
             average: (train.ema_decay > 0.0).then(|| WeightAverage::new(train.ema_decay, &params)),
-            flat_grads: vec![0.0; params.len()],
             params,
             model,
             collective,
@@ -215,24 +216,24 @@ impl<B: AutodiffBackend> Replica<B> {
         &self.plan
     }
 
-    /// The trainable parameters in flat module order.
-    pub fn params(&self) -> &[f32] {
-        &self.params
+    /// The trainable parameters in flat module order, copied to the host.
+    pub fn params(&self) -> Vec<f32> {
+        to_host(self.params.clone())
     }
 
-    /// Everything needed to continue after `steps_done` steps.
+    /// Everything needed to continue after `steps_done` steps, copied to the host.
     pub fn state(&self, steps_done: u64) -> TrainingState {
         let (mean_square, velocity) = self.optimizer.state();
         TrainingState {
             step: steps_done,
-            params: self.params.clone(),
+            params: self.params(),
             buffers: params::flatten_buffers(&self.model.valid()),
-            mean_square: mean_square.to_vec(),
-            velocity: velocity.to_vec(),
+            mean_square,
+            velocity,
             average: self
                 .average
                 .as_ref()
-                .map(|a| (a.updates(), a.values().to_vec())),
+                .map(|a| (a.updates(), to_host(a.values().clone()))),
             nonfinite_streak: self.nonfinite_streak,
             data: self.plan.position(steps_done),
         }
@@ -240,10 +241,8 @@ impl<B: AutodiffBackend> Replica<B> {
 
     /// Continues from a checkpointed state (the same on every rank).
     pub fn restore(&mut self, state: TrainingState) -> anyhow::Result<()> {
-        let expected = (
-            self.params.len(),
-            params::flatten_buffers(&self.model.valid()).len(),
-        );
+        let len = self.params.dims()[0];
+        let expected = (len, params::flatten_buffers(&self.model.valid()).len());
         if (state.params.len(), state.buffers.len()) != expected {
             bail!(
                 "checkpoint holds {} parameters and {} buffers, the model has {} and {}",
@@ -253,11 +252,13 @@ impl<B: AutodiffBackend> Replica<B> {
                 expected.1
             );
         }
+        let upload =
+            |values: Vec<f32>| Tensor::from_data(TensorData::new(values, [len]), &self.device);
         self.optimizer
-            .restore(state.mean_square, state.velocity)
+            .restore(state.mean_square, state.velocity, &self.device)
             .map_err(anyhow::Error::msg)?;
         match (&mut self.average, state.average) {
-            (Some(average), Some((updates, values))) => average.restore(updates, values),
+            (Some(average), Some((updates, values))) => average.restore(updates, upload(values)),
             (None, None) => {}
             (Some(_), None) => {
                 bail!("the checkpoint has no weight average but train.ema_decay is set")
@@ -266,9 +267,9 @@ impl<B: AutodiffBackend> Replica<B> {
                 bail!("the checkpoint has a weight average but train.ema_decay is 0")
             }
         }
-        self.params = state.params;
+        self.params = upload(state.params);
         self.nonfinite_streak = state.nonfinite_streak;
-        let model = params::load_params(self.model.clone(), &self.params);
+        let model = params::load_flat_params(self.model.clone(), &self.params);
         self.model = params::load_buffers(model, &state.buffers);
         Ok(())
     }
@@ -282,13 +283,11 @@ impl<B: AutodiffBackend> Replica<B> {
             step_seed(self.seed, step, self.collective.rank()),
         );
         let (mut data, mut compute) = (Duration::ZERO, Duration::ZERO);
-        self.flat_grads.fill(0.0);
+        let mut grads_sum: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut loss_sum = 0f32;
         let (mut images, mut bad_images) = (0, 0);
         let mut loader = self.take_loader(step);
-        // The last micro-batch's gradients are packed bucket by bucket during the all-reduce.
-        let mut last_grads = None;
-        for micro in 0..self.accumulate {
+        for _ in 0..self.accumulate {
             let started = Instant::now();
             let batch = loader
                 .next_batch()
@@ -313,28 +312,21 @@ impl<B: AutodiffBackend> Replica<B> {
                 loss = loss.add(aux_loss.mul_scalar(self.aux_loss_weight));
             }
             loss_sum += loss.clone().into_scalar().elem::<f32>();
-            let grads = loss.backward();
-            if micro + 1 < self.accumulate {
-                params::accumulate_grads(&self.model, &grads, &mut self.flat_grads);
-            } else {
-                last_grads = Some(grads);
-            }
+            let grads = params::flat_grads(&self.model, &loss.backward());
+            grads_sum = Some(match grads_sum {
+                Some(sum) => sum.add(grads),
+                None => grads,
+            });
             compute += started.elapsed();
         }
         self.loader = Some((step + 1, loader));
+        let grads_sum =
+            grads_sum.unwrap_or_else(|| Tensor::zeros(self.params.shape(), &self.device));
 
         let started = Instant::now();
-        let model = &self.model;
-        self.buckets
-            .all_reduce_mean(
-                &mut *self.collective,
-                &mut self.flat_grads,
-                |range, bucket| {
-                    if let Some(grads) = &last_grads {
-                        params::accumulate_grads_in(model, grads, range, bucket);
-                    }
-                },
-            )
+        let grads = self
+            .buckets
+            .all_reduce_mean_tensor(&mut *self.collective, grads_sum)
             .with_context(|| format!("all-reduce of step {step}"))?;
         let mut loss = [loss_sum];
         self.collective
@@ -345,10 +337,13 @@ impl<B: AutodiffBackend> Replica<B> {
         let started = Instant::now();
         let scale = 1.0 / self.accumulate as f32;
         let loss = f64::from(loss[0] * scale);
-        let grads = &mut self.flat_grads;
-        grads.iter_mut().for_each(|v| *v *= scale);
-        self.optimizer.add_weight_decay(&self.params, grads);
-        let grad_norm = clip_global_norm(grads, self.clip_norm);
+        let grads = if self.accumulate > 1 {
+            grads.mul_scalar(scale)
+        } else {
+            grads
+        };
+        let grads = self.optimizer.add_weight_decay(&self.params, grads);
+        let (grads, grad_norm) = clip_global_norm(grads, self.clip_norm);
         let learning_rate = self.schedule.at(step);
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
         if skipped {
@@ -363,8 +358,10 @@ impl<B: AutodiffBackend> Replica<B> {
             }
         } else {
             self.nonfinite_streak = 0;
-            self.optimizer.step(learning_rate, &mut self.params, grads);
-            self.model = params::load_params(self.model.clone(), &self.params);
+            self.params = self
+                .optimizer
+                .step(learning_rate, self.params.clone(), grads);
+            self.model = params::load_flat_params(self.model.clone(), &self.params);
             if let Some(average) = &mut self.average {
                 average.update(&self.params);
             }
@@ -443,10 +440,11 @@ impl<B: AutodiffBackend> Replica<B> {
     /// Verifies that every replica holds bit-identical parameters: each rank contributes the
     /// CRC-32C of its flat parameters (as two exact 16-bit halves in its own slots) to one
     /// all-reduce, and all ranks compare the gathered checksums. `steps_done` names the step in
-    /// the error.
+    /// the error. The parameters are read to the host for it (every
+    /// `train.check_replicas_every` steps): burn has no bit-cast to checksum them on the device.
     pub fn check_consistency(&mut self, steps_done: u64) -> anyhow::Result<()> {
         let mut digest = CRC32C.digest();
-        for value in &self.params {
+        for value in self.params() {
             digest.update(&value.to_le_bytes());
         }
         let checksum = digest.finalize();
@@ -491,8 +489,8 @@ impl<B: AutodiffBackend> Replica<B> {
         let weights = self
             .average
             .as_ref()
-            .map_or(&self.params[..], WeightAverage::values);
-        let model = params::load_params(self.model.clone(), weights).valid();
+            .map_or(&self.params, WeightAverage::values);
+        let model = params::load_flat_params(self.model.clone(), weights).valid();
         let loss = CrossEntropyLossConfig::new().init(&self.device);
         let mut totals = [0f32; 4]; // top-1, top-5, samples, summed loss
         let mut loader = self.validation_loader();

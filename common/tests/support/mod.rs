@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
-use incept_common::TrainBackend;
+use incept_common::collective::CpuBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
 use incept_common::model::registry;
@@ -32,12 +32,13 @@ pub fn experiment() -> Experiment {
 }
 
 /// A fresh single-rank replica, initialised from the experiment's seed.
-pub fn replica(exp: &Experiment) -> Replica<TrainBackend> {
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub fn replica(exp: &Experiment) -> Replica<CpuBackend> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let peers = [listener.local_addr().unwrap()];
     let ring = Ring::connect(0, &peers, listener, Duration::from_secs(5)).unwrap();
     let device = Default::default();
-    TrainBackend::seed(&device, exp.run.seed);
+    CpuBackend::seed(&device, exp.run.seed);
     let model = registry::build(&exp.model, &device);
     Replica::new(exp, Box::new(ring), model, device).unwrap()
 }

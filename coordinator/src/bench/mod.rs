@@ -4,11 +4,14 @@
 //! - [`step`]: a training step against PyTorch + timm;
 //! - [`data`]: the input pipeline against PIL + torchvision;
 //! - [`allreduce`]: ring all-reduce across rank processes against torch.distributed's Gloo and
-//!   iperf3's loopback TCP ([`allreduce_rank`] is one rank process).
+//!   iperf3's loopback TCP ([`allreduce_rank`] is one rank process);
+//! - [`nccl_inplace`]: not a race but a check for GPU machines: NCCL reducing training's
+//!   gradient buckets in their own device memory.
 
 pub mod allreduce;
 pub mod allreduce_rank;
 pub mod data;
+pub mod nccl_inplace;
 pub mod step;
 
 use std::path::Path;

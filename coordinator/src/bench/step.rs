@@ -6,10 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
-use incept_common::TrainBackend;
-use incept_common::collective::Ring;
-use incept_common::config::Experiment;
+use incept_common::collective::{CpuBackend, Ring, TrainBackend};
+use incept_common::config::{DeviceKind, Experiment};
+use incept_common::device::{self, ComputeDevice};
 use incept_common::model::registry;
 use incept_common::train::Replica;
 
@@ -22,6 +21,8 @@ pub struct StepBench<'a> {
     pub image_size: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// What incept computes on (the baseline script is given the same device).
+    pub device: DeviceKind,
     /// A script that runs the same step with PyTorch and prints one JSON line (see
     /// experiments/baselines/bench_step_torch.py).
     pub compare: Option<&'a Path>,
@@ -77,6 +78,31 @@ pub fn run(bench: &StepBench<'_>) -> anyhow::Result<()> {
 }
 
 fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
+    let compute = device::resolve(bench.device, device::local_rank()?)?;
+    match compute {
+        ComputeDevice::Cpu => measure_on::<CpuBackend>(
+            bench,
+            Default::default(),
+            format!("incept (burn flex, {} thr)", threads()),
+        ),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda(ordinal) => {
+            measure_on::<incept_common::collective::device::CudaBackend>(
+                bench,
+                burn::backend::cuda::CudaDevice::new(ordinal),
+                format!("incept (burn cuda:{ordinal})"),
+            )
+        }
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda(_) => anyhow::bail!("this binary was built without the `cuda` feature"),
+    }
+}
+
+fn measure_on<B: TrainBackend>(
+    bench: &StepBench<'_>,
+    device: B::Device,
+    label: String,
+) -> anyhow::Result<Measurement> {
     let mut exp = Experiment::default();
     exp.model.arch = bench.arch.to_string();
     exp.model.num_classes = 1000;
@@ -89,9 +115,8 @@ fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let peers = [listener.local_addr()?];
     let ring = Ring::connect(0, &peers, listener, Duration::from_secs(5))?;
-    let device = Default::default();
-    TrainBackend::seed(&device, exp.run.seed);
-    let model = registry::build::<TrainBackend>(&exp.model, &device);
+    B::seed(&device, exp.run.seed);
+    let model = registry::build::<B>(&exp.model, &device);
     let mut replica = Replica::new(&exp, Box::new(ring), model, device)?;
     let mut compute = Vec::with_capacity(bench.steps);
     for step in 0..(bench.warmup + bench.steps) as u64 {
@@ -103,7 +128,7 @@ fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
     }
     let median = median(&mut compute);
     Ok(Measurement {
-        label: format!("incept (burn flex, {} thr)", threads()),
+        label,
         median_step_ms: median * 1e3,
         images_per_sec: bench.batch as f64 / median,
         peak_rss_mib: peak_rss_mib()?,
@@ -123,6 +148,7 @@ fn measure_script(script: &Path, bench: &StepBench<'_>) -> anyhow::Result<Measur
             ("--steps", &steps),
             ("--warmup", &warmup),
             ("--threads", &threads),
+            ("--device", &bench.device.to_string()),
         ],
     )?;
     Ok(Measurement {

@@ -1,0 +1,103 @@
+//! The burn backends a replica trains on, and what sets them apart for the collectives: whether
+//! a gradient bucket can be all-reduced where it lies in device memory.
+//!
+//! On CUDA with NCCL it can: the bucket tensor's own allocation is handed to `ncclAllReduce`
+//! (no host copy). Everywhere else (the flex CPU backend, wgpu, CUDA with the TCP ring) a bucket
+//! is downloaded, reduced on the host and uploaded again (see
+//! [`GradientBuckets::all_reduce_mean_tensor`](super::GradientBuckets::all_reduce_mean_tensor)).
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::{Collective, CollectiveError};
+
+/// A backend whose flat gradient buckets the collectives can reduce.
+pub trait DeviceBuckets: Backend {
+    /// Whether `collective` all-reduces this backend's tensors in their device memory.
+    fn reduces_in_place(_collective: &mut dyn Collective) -> bool {
+        false
+    }
+
+    /// Mean all-reduce of `bucket` in its own device memory; only valid where
+    /// [`reduces_in_place`](Self::reduces_in_place) said so.
+    fn all_reduce_in_place(
+        _bucket: Tensor<Self, 1>,
+        _collective: &mut dyn Collective,
+    ) -> Result<Tensor<Self, 1>, CollectiveError> {
+        Err(CollectiveError::Invalid(
+            "this backend's tensors cannot be all-reduced in device memory".into(),
+        ))
+    }
+}
+
+/// What a replica trains on: burn's autodiff over a backend with [`DeviceBuckets`]. The worker
+/// picks one at run time from `cluster.device`.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: DeviceBuckets> {}
+
+impl<B: AutodiffBackend<InnerBackend: DeviceBuckets>> TrainBackend for B {}
+
+/// The CPU: burn's flex backend with autodiff (the default, `cluster.device = "cpu"`).
+pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+impl DeviceBuckets for burn::backend::Flex {}
+
+/// burn's wgpu backend: the same burn-cubecl kernels as CUDA, which tests run on Mesa's
+/// lavapipe Vulkan driver (a CPU device).
+#[cfg(feature = "wgpu")]
+pub type WgpuBackend = burn::backend::Autodiff<burn::backend::Wgpu>;
+
+#[cfg(feature = "wgpu")]
+impl DeviceBuckets for burn::backend::Wgpu {}
+
+/// An NVIDIA GPU: burn's CUDA backend (no fusion, so every tensor has a raw buffer) with
+/// autodiff (`cluster.device = "cuda"`).
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
+
+#[cfg(feature = "cuda")]
+impl DeviceBuckets for burn::backend::Cuda {
+    fn reduces_in_place(collective: &mut dyn Collective) -> bool {
+        collective.as_nccl().is_some()
+    }
+
+    fn all_reduce_in_place(
+        bucket: Tensor<Self, 1>,
+        collective: &mut dyn Collective,
+    ) -> Result<Tensor<Self, 1>, CollectiveError> {
+        let Some(nccl) = collective.as_nccl() else {
+            return Err(CollectiveError::Invalid(
+                "only NCCL all-reduces CUDA tensors in place".into(),
+            ));
+        };
+        let device = bucket.device();
+        let mut buffer = bucket.into_primitive().tensor();
+        // NCCL writes into the allocation: it must be this tensor's alone, without gaps.
+        if !(buffer.can_mut() && buffer.is_contiguous()) {
+            buffer = buffer.copy();
+        }
+        let len = buffer.meta.shape().num_elements();
+        // Kernels run on the training thread's stream, NCCL on its own: everything queued so
+        // far (the gradient and this bucket's copy) must have finished before NCCL reads.
+        burn::backend::Cuda::sync(&device).map_err(|e| CollectiveError::Nccl {
+            rank: nccl.rank(),
+            message: format!("synchronising the training stream before the all-reduce: {e:?}"),
+        })?;
+        let resource = buffer
+            .client
+            .get_resource(buffer.handle.clone())
+            .map_err(|e| CollectiveError::Nccl {
+                rank: nccl.rank(),
+                message: format!("the bucket's device buffer: {e:?}"),
+            })?;
+        // SAFETY: the resource is `len` contiguous f32 values owned by `buffer` alone (checked
+        // above), kept alive by `resource` until the call returns; the call waits for NCCL's
+        // completion, so no kernel touches the buffer while NCCL writes it.
+        unsafe {
+            nccl.all_reduce_device(resource.resource().ptr, len, super::ReduceOp::Mean)?;
+        }
+        drop(resource);
+        Ok(Tensor::from_primitive(
+            burn::tensor::TensorPrimitive::Float(buffer),
+        ))
+    }
+}
