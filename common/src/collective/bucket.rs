@@ -9,7 +9,7 @@ use std::thread;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::{Collective, CollectiveError, DeviceBuckets, ReduceOp, WireFormat};
+use super::{Collective, CollectiveError, ReduceOp, TrainDevice, WireFormat};
 
 /// Default bucket size, PyTorch DDP's `bucket_cap_mb`.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -90,7 +90,7 @@ impl GradientBuckets {
     /// (NCCL on CUDA) each bucket is reduced in place; otherwise each is downloaded on this
     /// thread into a host buffer while the previous one is on the wire, and the reduced gradient
     /// is uploaded in one piece.
-    pub fn all_reduce_mean_tensor<B: DeviceBuckets>(
+    pub fn all_reduce_mean_tensor<B: TrainDevice>(
         &self,
         collective: &mut dyn Collective,
         flat: Tensor<B, 1>,
@@ -106,8 +106,8 @@ impl GradientBuckets {
         let mut host = vec![0.0; len];
         let mut download_error = None;
         self.all_reduce_mean(collective, &mut host, |range, bucket| {
-            match flat.clone().slice(range).into_data().into_vec::<f32>() {
-                Ok(values) => bucket.copy_from_slice(&values),
+            match flat.clone().slice(range).into_data().as_slice::<f32>() {
+                Ok(values) => bucket.copy_from_slice(values),
                 Err(e) => download_error = Some(format!("{e:?}")),
             }
         })?;

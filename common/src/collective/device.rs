@@ -1,5 +1,7 @@
-//! The burn backends a replica trains on, and what sets them apart for the collectives: whether
-//! a gradient bucket can be all-reduced where it lies in device memory.
+//! The burn backends a replica trains on, and what sets them apart: whether their tensors live
+//! in host memory (flex: the optimizer then updates them in place, in one fused pass, as a CPU
+//! kernel would), and whether a gradient bucket can be all-reduced where it lies in device
+//! memory.
 //!
 //! On CUDA with NCCL it can: the bucket tensor's own allocation is handed to `ncclAllReduce`
 //! (no host copy). Everywhere else (the flex CPU backend, wgpu, CUDA with the TCP ring) a bucket
@@ -11,8 +13,13 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::{Collective, CollectiveError};
 
-/// A backend whose flat gradient buckets the collectives can reduce.
-pub trait DeviceBuckets: Backend {
+/// A backend a replica's step runs on.
+pub trait TrainDevice: Backend {
+    /// Tensors live in host memory, where `into_data` and `from_data` move a unique tensor's
+    /// buffer without copying it: element-wise updates run as fused loops over it in place
+    /// (a chain of tensor operations would allocate and fill a new buffer at every step).
+    const HOST_MEMORY: bool = false;
+
     /// Whether `collective` all-reduces this backend's tensors in their device memory.
     fn reduces_in_place(_collective: &mut dyn Collective) -> bool {
         false
@@ -30,16 +37,18 @@ pub trait DeviceBuckets: Backend {
     }
 }
 
-/// What a replica trains on: burn's autodiff over a backend with [`DeviceBuckets`]. The worker
+/// What a replica trains on: burn's autodiff over a backend with [`TrainDevice`]. The worker
 /// picks one at run time from `cluster.device`.
-pub trait TrainBackend: AutodiffBackend<InnerBackend: DeviceBuckets> {}
+pub trait TrainBackend: AutodiffBackend<InnerBackend: TrainDevice> {}
 
-impl<B: AutodiffBackend<InnerBackend: DeviceBuckets>> TrainBackend for B {}
+impl<B: AutodiffBackend<InnerBackend: TrainDevice>> TrainBackend for B {}
 
 /// The CPU: burn's flex backend with autodiff (the default, `cluster.device = "cpu"`).
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
 
-impl DeviceBuckets for burn::backend::Flex {}
+impl TrainDevice for burn::backend::Flex {
+    const HOST_MEMORY: bool = true;
+}
 
 /// burn's wgpu backend: the same burn-cubecl kernels as CUDA, which tests run on Mesa's
 /// lavapipe Vulkan driver (a CPU device).
@@ -47,7 +56,7 @@ impl DeviceBuckets for burn::backend::Flex {}
 pub type WgpuBackend = burn::backend::Autodiff<burn::backend::Wgpu>;
 
 #[cfg(feature = "wgpu")]
-impl DeviceBuckets for burn::backend::Wgpu {}
+impl TrainDevice for burn::backend::Wgpu {}
 
 /// An NVIDIA GPU: burn's CUDA backend (no fusion, so every tensor has a raw buffer) with
 /// autodiff (`cluster.device = "cuda"`).
@@ -55,7 +64,7 @@ impl DeviceBuckets for burn::backend::Wgpu {}
 pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
 #[cfg(feature = "cuda")]
-impl DeviceBuckets for burn::backend::Cuda {
+impl TrainDevice for burn::backend::Cuda {
     fn reduces_in_place(collective: &mut dyn Collective) -> bool {
         collective.as_nccl().is_some()
     }
@@ -78,7 +87,7 @@ impl DeviceBuckets for burn::backend::Cuda {
         let len = buffer.meta.shape().num_elements();
         // Kernels run on the training thread's stream, NCCL on its own: everything queued so
         // far (the gradient and this bucket's copy) must have finished before NCCL reads.
-        burn::backend::Cuda::sync(&device).map_err(|e| CollectiveError::Nccl {
+        <Self as Backend>::sync(&device).map_err(|e| CollectiveError::Nccl {
             rank: nccl.rank(),
             message: format!("synchronising the training stream before the all-reduce: {e:?}"),
         })?;

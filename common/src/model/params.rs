@@ -138,14 +138,18 @@ pub fn flat_grads<B: AutodiffBackend, M: Module<B>>(
 }
 
 /// Replaces the trainable parameters with views of `flat` (as produced by [`flat_params`]),
-/// without leaving the device.
+/// without leaving the device. With `own_buffers` each parameter gets a copy of its own
+/// instead: flex's kernels copy a view that starts inside a buffer on every use, so one copy
+/// per step is cheaper there.
 pub fn load_flat_params<B: AutodiffBackend, M: Module<B>>(
     module: M,
     flat: &Tensor<B::InnerBackend, 1>,
+    own_buffers: bool,
 ) -> M {
     let mut scatter = FlatScatter::<B> {
         path: Vec::new(),
         flat,
+        own_buffers,
         offset: 0,
     };
     let module = module.map(&mut scatter);
@@ -291,6 +295,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for FlatGather<'_, B> {
 struct FlatScatter<'a, B: AutodiffBackend> {
     path: Vec<String>,
     flat: &'a Tensor<B::InnerBackend, 1>,
+    own_buffers: bool,
     offset: usize,
 }
 
@@ -304,7 +309,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for FlatScatter<'_, B> {
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.shape();
         let end = self.offset + shape.num_elements();
-        let view = self.flat.clone().slice(self.offset..end).reshape(shape);
+        let mut view = self.flat.clone().slice(self.offset..end).reshape(shape);
+        if self.own_buffers {
+            view = Tensor::from_data(view.into_data(), &tensor.device());
+        }
         self.offset = end;
         let value = Tensor::from_inner(view).set_require_grad(tensor.is_require_grad());
         Param::from_mapped_value(id, value, mapper)
@@ -374,7 +382,7 @@ mod tests {
         assert_eq!(flat.clone().into_data().into_vec::<f32>().unwrap(), host);
 
         let shifted = flat.add_scalar(1.0);
-        let model = load_flat_params(model, &shifted);
+        let model = load_flat_params(model, &shifted, false);
         let expected: Vec<f32> = host.iter().map(|v| v + 1.0).collect();
         assert_eq!(flatten_params(&model), expected);
 

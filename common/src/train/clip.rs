@@ -1,7 +1,11 @@
 //! Global-norm gradient clipping on the flat, averaged gradient (the paper clips at 2.0), on the
-//! worker's device: only the norm, a scalar, reaches the host.
+//! worker's device: only the norm, a scalar, reaches the host. In host memory (flex) the norm is
+//! summed in f64 and the scaling done in place.
 
 use burn::prelude::*;
+
+use super::optim::HostBuffer;
+use crate::collective::TrainDevice;
 
 /// Values a block of the blocked sum adds up.
 const SUM_BLOCK: usize = 32;
@@ -39,7 +43,22 @@ fn blocked_sum<B: Backend>(values: Tensor<B, 1>) -> Tensor<B, 1> {
 
 /// Scales `grads` so their global norm is at most `max_norm` (0 = off); returns them with the
 /// norm before clipping, which is reported as a metric.
-pub fn clip_global_norm<B: Backend>(grads: Tensor<B, 1>, max_norm: f64) -> (Tensor<B, 1>, f64) {
+pub fn clip_global_norm<B: TrainDevice>(grads: Tensor<B, 1>, max_norm: f64) -> (Tensor<B, 1>, f64) {
+    if B::HOST_MEMORY {
+        let device = grads.device();
+        let mut buffer = HostBuffer::take(grads);
+        let values = buffer.values();
+        let norm = values
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
+            let scale = (max_norm / norm) as f32;
+            values.iter_mut().for_each(|g| *g *= scale);
+        }
+        return (buffer.into_tensor(&device), norm);
+    }
     let norm = global_norm(&grads);
     if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
         let scale = (max_norm / norm) as f32;

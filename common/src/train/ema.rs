@@ -28,9 +28,9 @@ impl<B: Backend> WeightAverage<B> {
     pub fn update(&mut self, params: &Tensor<B, 1>) {
         let n = self.updates as f64;
         let decay = self.decay.min((1.0 + n) / (10.0 + n)) as f32;
-        self.values = self
-            .values
-            .clone()
+        // Taken out, the average is its buffer's only owner: it is updated in place.
+        let values = std::mem::replace(&mut self.values, params.clone());
+        self.values = values
             .mul_scalar(decay)
             .add(params.clone().mul_scalar(1.0 - decay));
         self.updates += 1;

@@ -12,6 +12,8 @@ use std::ops::Range;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use crate::collective::TrainDevice;
+
 use crate::config::{OptimizerKind, OptimizerSection};
 
 /// The update rule and its hyper-parameters.
@@ -59,7 +61,7 @@ pub struct Optimizer<B: Backend> {
     len: usize,
 }
 
-impl<B: Backend> Optimizer<B> {
+impl<B: TrainDevice> Optimizer<B> {
     /// An optimizer for `len` parameters on `device`; weight decay applies to `decayed`.
     pub fn new(
         rule: UpdateRule,
@@ -136,8 +138,38 @@ impl<B: Backend> Optimizer<B> {
         Ok(())
     }
 
-    /// Applies one update with learning rate `lr`; returns the new parameters.
+    /// Applies one update with learning rate `lr`; returns the new parameters. In host memory
+    /// (flex) one fused pass updates the buffers in place; on a device, tensor operations.
     pub fn step(&mut self, lr: f64, params: Tensor<B, 1>, grads: Tensor<B, 1>) -> Tensor<B, 1> {
+        if !B::HOST_MEMORY {
+            return self.step_with_tensor_ops(lr, params, grads);
+        }
+        let device = params.device();
+        let (mut params, mut grads) = (HostBuffer::take(params), HostBuffer::take(grads));
+        let mut velocity =
+            HostBuffer::take(self.velocity.take().expect("the velocity is put back"));
+        let mut mean_square = self.mean_square.take().map(HostBuffer::take);
+        update_in_place(
+            self.rule,
+            lr as f32,
+            params.values(),
+            grads.values(),
+            mean_square.as_mut().map(HostBuffer::values),
+            velocity.values(),
+        );
+        self.velocity = Some(velocity.into_tensor(&device));
+        self.mean_square = mean_square.map(|buffer| buffer.into_tensor(&device));
+        params.into_tensor(&device)
+    }
+
+    /// [`step`](Self::step) as element-wise tensor operations, evaluated in the order of
+    /// [`update_in_place`] so that both agree to rounding.
+    fn step_with_tensor_ops(
+        &mut self,
+        lr: f64,
+        params: Tensor<B, 1>,
+        grads: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
         let lr = lr as f32;
         let velocity = self
             .velocity
@@ -150,7 +182,6 @@ impl<B: Backend> Optimizer<B> {
                 epsilon,
             } => {
                 let mean_square = self.mean_square.take().expect("RMSProp has a mean square");
-                // Evaluated in the host reference's order, so results agree to the bit.
                 let mean_square = mean_square
                     .mul_scalar(decay)
                     .add(grads.clone().mul_scalar(1.0 - decay).mul(grads.clone()));
@@ -182,7 +213,62 @@ impl<B: Backend> Optimizer<B> {
     }
 }
 
-/// A flat tensor's values on the host.
+/// One update of `params` by `rule` in place: the mean square (RMSProp only) and the velocity
+/// too.
+pub(crate) fn update_in_place(
+    rule: UpdateRule,
+    lr: f32,
+    params: &mut [f32],
+    grads: &[f32],
+    mean_square: Option<&mut [f32]>,
+    velocity: &mut [f32],
+) {
+    match (rule, mean_square) {
+        (
+            UpdateRule::RmsPropTf {
+                decay,
+                momentum,
+                epsilon,
+            },
+            Some(mean_square),
+        ) => {
+            let state = mean_square.iter_mut().zip(velocity);
+            for ((p, g), (ms, mom)) in params.iter_mut().zip(grads).zip(state) {
+                *ms = decay * *ms + (1.0 - decay) * g * g;
+                *mom = momentum * *mom + lr * g / (*ms + epsilon).sqrt();
+                *p -= *mom;
+            }
+        }
+        (UpdateRule::Sgd { momentum, nesterov }, _) => {
+            for ((p, g), mom) in params.iter_mut().zip(grads).zip(velocity) {
+                *mom = momentum * *mom + g;
+                let direction = if nesterov { g + momentum * *mom } else { *mom };
+                *p -= lr * direction;
+            }
+        }
+        (UpdateRule::RmsPropTf { .. }, None) => unreachable!("RMSProp keeps a mean square"),
+    }
+}
+
+/// A flat tensor's buffer in host memory, to update in place: flex hands a unique tensor's
+/// buffer over and takes it back without copying (a copy where the tensor is shared).
+pub(crate) struct HostBuffer(TensorData);
+
+impl HostBuffer {
+    pub(crate) fn take<B: Backend>(tensor: Tensor<B, 1>) -> Self {
+        Self(tensor.into_data())
+    }
+
+    pub(crate) fn values(&mut self) -> &mut [f32] {
+        self.0.as_mut_slice().expect("flat tensors hold f32")
+    }
+
+    pub(crate) fn into_tensor<B: Backend>(self, device: &B::Device) -> Tensor<B, 1> {
+        Tensor::from_data(self.0, device)
+    }
+}
+
+/// A flat tensor's values copied to the host.
 pub(crate) fn to_host<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
     tensor
         .into_data()
@@ -256,6 +342,35 @@ mod tests {
         };
         let got = run(rule, 0.1, &[[1.0, 0.0], [1.0, 0.0]]);
         assert!((got[0] - 0.539).abs() < 1e-6, "{got:?}");
+    }
+
+    #[test]
+    fn tensor_operations_agree_with_the_fused_loop() {
+        let device = Default::default();
+        let values = |k: f32| -> Vec<f32> { (0..1000).map(|i| (i as f32 * k).sin()).collect() };
+        let rules = [
+            UpdateRule::RmsPropTf {
+                decay: 0.9,
+                momentum: 0.9,
+                epsilon: 1.0,
+            },
+            UpdateRule::Sgd {
+                momentum: 0.9,
+                nesterov: true,
+            },
+        ];
+        for rule in rules {
+            let mut fused = Optimizer::<Flex>::new(rule, 0.0, &[], 1000, &device);
+            let mut ops = fused.clone();
+            let (mut a, mut b) = (tensor(&values(0.1)), tensor(&values(0.1)));
+            for step in 0..5 {
+                let grads = values(0.37 + step as f32);
+                a = fused.step(0.05, a, tensor(&grads));
+                b = ops.step_with_tensor_ops(0.05, b, tensor(&grads));
+            }
+            assert_eq!(to_host(a), to_host(b), "{rule:?}");
+            assert_eq!(fused.state(), ops.state(), "{rule:?}");
+        }
     }
 
     #[test]

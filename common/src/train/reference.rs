@@ -8,7 +8,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::optim::UpdateRule;
+use super::optim::{UpdateRule, update_in_place};
 use crate::model::params::{is_trainable, track_path};
 
 /// Adds the gradients of the trainable parameters, in module order, into `acc` (a parameter
@@ -103,30 +103,20 @@ impl HostOptimizer {
         }
     }
 
-    /// Applies one update with learning rate `lr`.
+    /// Applies one update with learning rate `lr` (the fused loop flex trains with).
     pub fn step(&mut self, lr: f64, params: &mut [f32], grads: &[f32]) {
-        let lr = lr as f32;
-        match self.rule {
-            UpdateRule::RmsPropTf {
-                decay,
-                momentum,
-                epsilon,
-            } => {
-                let state = self.mean_square.iter_mut().zip(&mut self.velocity);
-                for ((p, g), (ms, mom)) in params.iter_mut().zip(grads).zip(state) {
-                    *ms = decay * *ms + (1.0 - decay) * g * g;
-                    *mom = momentum * *mom + lr * g / (*ms + epsilon).sqrt();
-                    *p -= *mom;
-                }
-            }
-            UpdateRule::Sgd { momentum, nesterov } => {
-                for ((p, g), mom) in params.iter_mut().zip(grads).zip(&mut self.velocity) {
-                    *mom = momentum * *mom + g;
-                    let direction = if nesterov { g + momentum * *mom } else { *mom };
-                    *p -= lr * direction;
-                }
-            }
-        }
+        let mean_square = match self.rule {
+            UpdateRule::RmsPropTf { .. } => Some(&mut self.mean_square[..]),
+            UpdateRule::Sgd { .. } => None,
+        };
+        update_in_place(
+            self.rule,
+            lr as f32,
+            params,
+            grads,
+            mean_square,
+            &mut self.velocity,
+        );
     }
 }
 

@@ -26,7 +26,9 @@ use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule, to_host};
 use super::schedule::LrSchedule;
 use crate::CRC32C;
-use crate::collective::{Collective, GradientBuckets, ReduceOp, TrainBackend, WireFormat};
+use crate::collective::{
+    Collective, GradientBuckets, ReduceOp, TrainBackend, TrainDevice, WireFormat,
+};
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
 use crate::data::plan::validation_share;
@@ -136,7 +138,7 @@ impl<B: TrainBackend> Replica<B> {
         }
         let len = params.len();
         let params = Tensor::from_data(TensorData::new(params, [len]), &device);
-        let model = params::load_flat_params(model, &params);
+        let model = params::load_flat_params(model, &params, B::InnerBackend::HOST_MEMORY);
         let decayed: Vec<_> = params::trainable_segments(&model)
             .into_iter()
             .filter(|s| s.is_weight())
@@ -269,7 +271,11 @@ impl<B: TrainBackend> Replica<B> {
         }
         self.params = upload(state.params);
         self.nonfinite_streak = state.nonfinite_streak;
-        let model = params::load_flat_params(self.model.clone(), &self.params);
+        let model = params::load_flat_params(
+            self.model.clone(),
+            &self.params,
+            B::InnerBackend::HOST_MEMORY,
+        );
         self.model = params::load_buffers(model, &state.buffers);
         Ok(())
     }
@@ -361,7 +367,11 @@ impl<B: TrainBackend> Replica<B> {
             self.params = self
                 .optimizer
                 .step(learning_rate, self.params.clone(), grads);
-            self.model = params::load_flat_params(self.model.clone(), &self.params);
+            self.model = params::load_flat_params(
+                self.model.clone(),
+                &self.params,
+                B::InnerBackend::HOST_MEMORY,
+            );
             if let Some(average) = &mut self.average {
                 average.update(&self.params);
             }
@@ -490,7 +500,9 @@ impl<B: TrainBackend> Replica<B> {
             .average
             .as_ref()
             .map_or(&self.params, WeightAverage::values);
-        let model = params::load_flat_params(self.model.clone(), weights).valid();
+        let model =
+            params::load_flat_params(self.model.clone(), weights, B::InnerBackend::HOST_MEMORY)
+                .valid();
         let loss = CrossEntropyLossConfig::new().init(&self.device);
         let mut totals = [0f32; 4]; // top-1, top-5, samples, summed loss
         let mut loader = self.validation_loader();

@@ -23,7 +23,7 @@ fn check(len: usize, bucket_bytes: usize) -> anyhow::Result<()> {
     use burn::prelude::*;
     use burn::tensor::TensorData;
     use incept_common::collective::nccl::{Nccl, NcclId};
-    use incept_common::collective::{DeviceBuckets, GradientBuckets, WireFormat};
+    use incept_common::collective::{GradientBuckets, TrainDevice, WireFormat};
     use incept_common::device;
 
     let ordinal = device::local_rank()?;
