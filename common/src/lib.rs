@@ -12,6 +12,8 @@ pub mod fsutil;
 pub mod logging;
 pub mod model;
 pub mod proto;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod train;
 
 /// CRC-32C (Castagnoli), the one checksum of TFRecord shards, checkpoint files and replica

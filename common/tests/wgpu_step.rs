@@ -11,7 +11,7 @@ mod support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn::backend::wgpu::WgpuDevice;
 use burn::tensor::backend::Backend;
@@ -37,19 +37,24 @@ fn experiment(world_size: usize, dropout: f64) -> Experiment {
     exp
 }
 
+/// What every rank of one run ended with.
+struct Trained {
+    /// Each rank's final parameters and losses.
+    ranks: Vec<(Vec<f32>, Vec<f64>)>,
+    /// Images per second of the last step, all ranks together (the first step also compiles
+    /// the kernels).
+    last_step_images_per_s: f64,
+}
+
 /// Trains every rank of `exp` from `initial` on backend `B`, one thread per rank over real
-/// sockets; returns each rank's final parameters and losses.
-fn train<B: TrainBackend>(
-    exp: &Experiment,
-    device: &B::Device,
-    initial: &[f32],
-) -> Vec<(Vec<f32>, Vec<f64>)> {
+/// sockets.
+fn train<B: TrainBackend>(exp: &Experiment, device: &B::Device, initial: &[f32]) -> Trained {
     let world = exp.cluster.world_size;
     let listeners: Vec<TcpListener> = (0..world)
         .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
     let peers: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    std::thread::scope(|scope| {
+    let results: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = listeners
             .into_iter()
             .enumerate()
@@ -61,13 +66,26 @@ fn train<B: TrainBackend>(
                     let model = load_params(registry::build::<B>(&exp.model, device), initial);
                     let mut replica =
                         Replica::new(exp, Box::new(ring), model, device.clone()).unwrap();
-                    let losses = (0..STEPS).map(|s| replica.step(s).unwrap().loss).collect();
-                    (replica.params(), losses)
+                    let mut losses = Vec::new();
+                    let mut last = (0, Duration::ZERO);
+                    for step in 0..STEPS {
+                        let started = Instant::now();
+                        let stats = replica.step(step).unwrap();
+                        last = (stats.images, started.elapsed());
+                        losses.push(stats.loss);
+                    }
+                    ((replica.params(), losses), last)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    });
+    let images: usize = results.iter().map(|(_, (images, _))| images).sum();
+    let slowest = results.iter().map(|(_, (_, took))| *took).max().unwrap();
+    Trained {
+        ranks: results.into_iter().map(|(rank, _)| rank).collect(),
+        last_step_images_per_s: images as f64 / slowest.as_secs_f64(),
+    }
 }
 
 fn norm(values: impl Iterator<Item = f32>) -> f64 {
@@ -77,9 +95,12 @@ fn norm(values: impl Iterator<Item = f32>) -> f64 {
 #[test]
 fn wgpu_on_lavapipe_trains_like_flex() {
     if !Path::new(LAVAPIPE_ICD).exists() {
-        eprintln!(
-            "SKIPPED wgpu_on_lavapipe_trains_like_flex: no lavapipe Vulkan driver \
-             ({LAVAPIPE_ICD}); `apt-get install mesa-vulkan-drivers` (done by .ci/run)"
+        incept_common::testing::skip(
+            "wgpu_on_lavapipe_trains_like_flex",
+            &format!(
+                "no lavapipe Vulkan driver ({LAVAPIPE_ICD}); \
+                 `apt-get install mesa-vulkan-drivers` (done by .ci/run)"
+            ),
         );
         return;
     }
@@ -96,6 +117,12 @@ fn wgpu_on_lavapipe_trains_like_flex() {
 
     let on_gpu = train::<WgpuBackend>(&exp, &gpu, &initial);
     let on_cpu = train::<CpuBackend>(&exp, &cpu_device, &initial);
+    // For the record (experiments/results/bench_step.md), seen with `--nocapture`.
+    eprintln!(
+        "tiny IRv2, 2 ranks × batch {}, last step: wgpu/lavapipe {:.1} images/s, flex {:.1} images/s",
+        exp.train.batch_size, on_gpu.last_step_images_per_s, on_cpu.last_step_images_per_s
+    );
+    let (on_gpu, on_cpu) = (on_gpu.ranks, on_cpu.ranks);
     assert_eq!(on_gpu[0], on_gpu[1], "wgpu replicas diverged");
     assert_eq!(on_cpu[0], on_cpu[1], "flex replicas diverged");
 
@@ -119,9 +146,9 @@ fn wgpu_on_lavapipe_trains_like_flex() {
 
     // Dropout on the device is seeded per step: the same run twice draws the same masks.
     let exp = experiment(1, 0.3);
-    let first = train::<WgpuBackend>(&exp, &gpu, &initial);
-    let second = train::<WgpuBackend>(&exp, &gpu, &initial);
+    let first = train::<WgpuBackend>(&exp, &gpu, &initial).ranks;
+    let second = train::<WgpuBackend>(&exp, &gpu, &initial).ranks;
     assert_eq!(first, second, "dropout on wgpu is not reproducible");
-    let without = train::<WgpuBackend>(&experiment(1, 0.0), &gpu, &initial);
+    let without = train::<WgpuBackend>(&experiment(1, 0.0), &gpu, &initial).ranks;
     assert_ne!(first[0].0, without[0].0, "dropout had no effect");
 }

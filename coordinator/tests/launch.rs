@@ -685,7 +685,10 @@ fn a_missing_dataset_is_named_before_any_worker_starts() {
 #[test]
 fn cuda_on_a_machine_without_a_gpu_stops_before_any_worker_starts() {
     if Path::new("/dev/nvidia0").exists() {
-        eprintln!("SKIPPED cuda_on_a_machine_without_a_gpu…: this machine has an NVIDIA GPU");
+        incept_common::testing::skip(
+            "cuda_on_a_machine_without_a_gpu_stops_before_any_worker_starts",
+            "this machine has an NVIDIA GPU",
+        );
         return;
     }
     let fx = Fixture::new(TINY);
