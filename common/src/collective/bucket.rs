@@ -9,7 +9,7 @@ use std::thread;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::{Collective, CollectiveError, ReduceOp, TrainDevice, WireFormat};
+use super::{Collective, CollectiveError, HostBuffer, ReduceOp, TrainDevice, WireFormat};
 
 /// Default bucket size, PyTorch DDP's `bucket_cap_mb`.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -87,9 +87,9 @@ impl GradientBuckets {
 
     /// Mean all-reduce of a flat gradient on its device, bucket by bucket in the same order as
     /// [`all_reduce_mean`](Self::all_reduce_mean). Where the collective reaches device memory
-    /// (NCCL on CUDA) each bucket is reduced in place; otherwise each is downloaded on this
-    /// thread into a host buffer while the previous one is on the wire, and the reduced gradient
-    /// is uploaded in one piece.
+    /// (NCCL on CUDA) each bucket is reduced in place, and so is a gradient in host memory
+    /// (flex); otherwise each is downloaded on this thread into a host buffer while the previous
+    /// one is on the wire, and the reduced gradient is uploaded in one piece.
     pub fn all_reduce_mean_tensor<B: TrainDevice>(
         &self,
         collective: &mut dyn Collective,
@@ -102,6 +102,12 @@ impl GradientBuckets {
                 .map(|range| B::all_reduce_in_place(flat.clone().slice(range), collective))
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Tensor::cat(reduced, 0));
+        }
+        if B::HOST_MEMORY {
+            let device = flat.device();
+            let mut buffer = HostBuffer::take(flat);
+            self.all_reduce_mean(collective, buffer.values(), |_, _| {})?;
+            return Ok(buffer.into_tensor(&device));
         }
         let mut host = vec![0.0; len];
         let mut download_error = None;

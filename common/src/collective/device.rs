@@ -37,6 +37,28 @@ pub trait TrainDevice: Backend {
     }
 }
 
+/// A flat tensor's buffer in host memory ([`TrainDevice::HOST_MEMORY`]), to update in place:
+/// flex hands a unique tensor's buffer over and takes it back without copying (it copies a
+/// shared one).
+pub struct HostBuffer(TensorData);
+
+impl HostBuffer {
+    /// The tensor's buffer.
+    pub fn take<B: Backend>(tensor: Tensor<B, 1>) -> Self {
+        Self(tensor.into_data())
+    }
+
+    /// Its values, to read and write.
+    pub fn values(&mut self) -> &mut [f32] {
+        self.0.as_mut_slice().expect("flat tensors hold f32")
+    }
+
+    /// The buffer back as a tensor.
+    pub fn into_tensor<B: Backend>(self, device: &B::Device) -> Tensor<B, 1> {
+        Tensor::from_data(self.0, device)
+    }
+}
+
 /// What a replica trains on: burn's autodiff over a backend with [`TrainDevice`]. The worker
 /// picks one at run time from `cluster.device`.
 pub trait TrainBackend: AutodiffBackend<InnerBackend: TrainDevice> {}

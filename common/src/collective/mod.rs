@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 pub use abort::AbortHandle;
 pub use bucket::GradientBuckets;
-pub use device::{CpuBackend, TrainBackend, TrainDevice};
+pub use device::{CpuBackend, HostBuffer, TrainBackend, TrainDevice};
 pub use ring::Ring;
 pub use wire::WireFormat;
 

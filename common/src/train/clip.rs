@@ -4,8 +4,7 @@
 
 use burn::prelude::*;
 
-use super::optim::HostBuffer;
-use crate::collective::TrainDevice;
+use crate::collective::{HostBuffer, TrainDevice};
 
 /// Values a block of the blocked sum adds up.
 const SUM_BLOCK: usize = 32;

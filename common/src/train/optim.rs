@@ -12,7 +12,7 @@ use std::ops::Range;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use crate::collective::TrainDevice;
+use crate::collective::{HostBuffer, TrainDevice};
 
 use crate::config::{OptimizerKind, OptimizerSection};
 
@@ -51,8 +51,9 @@ impl From<&OptimizerSection> for UpdateRule {
 pub struct Optimizer<B: Backend> {
     rule: UpdateRule,
     weight_decay: f32,
-    /// 1 where weight decay applies (convolution and FC weights), 0 elsewhere; `None` when
-    /// there is no weight decay.
+    /// Where weight decay applies (convolution and FC weights); empty when there is none.
+    decayed: Vec<Range<usize>>,
+    /// 1 in `decayed`, 0 elsewhere, for devices (`None` in host memory or without decay).
     decay_mask: Option<Tensor<B, 1>>,
     /// RMSProp mean-square accumulator (`None` for SGD).
     mean_square: Option<Tensor<B, 1>>,
@@ -70,9 +71,14 @@ impl<B: TrainDevice> Optimizer<B> {
         len: usize,
         device: &B::Device,
     ) -> Self {
-        let decay_mask = (weight_decay != 0.0).then(|| {
+        let decayed = if weight_decay == 0.0 {
+            Vec::new()
+        } else {
+            decayed.to_vec()
+        };
+        let decay_mask = (!decayed.is_empty() && !B::HOST_MEMORY).then(|| {
             let mut mask = vec![0f32; len];
-            for range in decayed {
+            for range in &decayed {
                 mask[range.clone()].fill(1.0);
             }
             Tensor::from_data(TensorData::new(mask, [len]), device)
@@ -80,6 +86,7 @@ impl<B: TrainDevice> Optimizer<B> {
         Self {
             rule,
             weight_decay: weight_decay as f32,
+            decayed,
             decay_mask,
             mean_square: matches!(rule, UpdateRule::RmsPropTf { .. })
                 .then(|| Tensor::ones([len], device)),
@@ -89,17 +96,32 @@ impl<B: TrainDevice> Optimizer<B> {
     }
 
     /// Adds the gradient of the L2 penalty `wd/2·‖w‖²` (TF-slim's `l2_regularizer`) on the
-    /// decayed parameters.
-    pub fn add_weight_decay(&self, params: &Tensor<B, 1>, grads: Tensor<B, 1>) -> Tensor<B, 1> {
-        match &self.decay_mask {
-            None => grads,
-            Some(mask) => grads.add(
-                params
-                    .clone()
-                    .mul(mask.clone())
-                    .mul_scalar(self.weight_decay),
-            ),
+    /// decayed parameters. `params` is only read; it is borrowed mutably so that in host memory
+    /// its buffer can be read where it lies.
+    pub fn add_weight_decay(&self, params: &mut Tensor<B, 1>, grads: Tensor<B, 1>) -> Tensor<B, 1> {
+        if self.decayed.is_empty() {
+            return grads;
         }
+        let Some(mask) = &self.decay_mask else {
+            let device = grads.device();
+            let placeholder = Tensor::empty([0], &device);
+            let mut weights = HostBuffer::take(std::mem::replace(params, placeholder));
+            let mut grads = HostBuffer::take(grads);
+            let (w, g) = (weights.values(), grads.values());
+            for range in &self.decayed {
+                for (g, w) in g[range.clone()].iter_mut().zip(&w[range.clone()]) {
+                    *g += w * self.weight_decay;
+                }
+            }
+            *params = weights.into_tensor(&device);
+            return grads.into_tensor(&device);
+        };
+        grads.add(
+            params
+                .clone()
+                .mul(mask.clone())
+                .mul_scalar(self.weight_decay),
+        )
     }
 
     /// The state to checkpoint, on the host: (mean square, empty for SGD; velocity).
@@ -250,24 +272,6 @@ pub(crate) fn update_in_place(
     }
 }
 
-/// A flat tensor's buffer in host memory, to update in place: flex hands a unique tensor's
-/// buffer over and takes it back without copying (a copy where the tensor is shared).
-pub(crate) struct HostBuffer(TensorData);
-
-impl HostBuffer {
-    pub(crate) fn take<B: Backend>(tensor: Tensor<B, 1>) -> Self {
-        Self(tensor.into_data())
-    }
-
-    pub(crate) fn values(&mut self) -> &mut [f32] {
-        self.0.as_mut_slice().expect("flat tensors hold f32")
-    }
-
-    pub(crate) fn into_tensor<B: Backend>(self, device: &B::Device) -> Tensor<B, 1> {
-        Tensor::from_data(self.0, device)
-    }
-}
-
 /// A flat tensor's values copied to the host.
 pub(crate) fn to_host<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
     tensor
@@ -402,8 +406,13 @@ mod tests {
             nesterov: false,
         };
         let opt = Optimizer::new(rule, 0.5, &[1..2, 2..3], 4, &Default::default());
-        let params = tensor(&[2.0, 2.0, -4.0, 2.0]);
-        let grads = opt.add_weight_decay(&params, tensor(&[0.0; 4]));
+        let mut params = tensor(&[2.0, 2.0, -4.0, 2.0]);
+        let grads = opt.add_weight_decay(&mut params, tensor(&[0.0; 4]));
         assert_eq!(to_host(grads), [0.0, 1.0, -2.0, 0.0]);
+        assert_eq!(
+            to_host(params),
+            [2.0, 2.0, -4.0, 2.0],
+            "the weights are only read"
+        );
     }
 }

@@ -348,7 +348,7 @@ impl<B: TrainBackend> Replica<B> {
         } else {
             grads
         };
-        let grads = self.optimizer.add_weight_decay(&self.params, grads);
+        let grads = self.optimizer.add_weight_decay(&mut self.params, grads);
         let (grads, grad_norm) = clip_global_norm(grads, self.clip_norm);
         let learning_rate = self.schedule.at(step);
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
@@ -364,9 +364,10 @@ impl<B: TrainBackend> Replica<B> {
             }
         } else {
             self.nonfinite_streak = 0;
-            self.params = self
-                .optimizer
-                .step(learning_rate, self.params.clone(), grads);
+            // Taken out, the parameters are their buffer's only owner on flex (the model holds
+            // copies there): the optimizer updates them in place.
+            let params = std::mem::replace(&mut self.params, Tensor::empty([0], &self.device));
+            self.params = self.optimizer.step(learning_rate, params, grads);
             self.model = params::load_flat_params(
                 self.model.clone(),
                 &self.params,
