@@ -57,6 +57,16 @@ impl HostBuffer {
     pub fn into_tensor<B: Backend>(self, device: &B::Device) -> Tensor<B, 1> {
         Tensor::from_data(self.0, device)
     }
+
+    /// Runs `read` over `tensor`'s values where they lie (if nothing else shares them),
+    /// leaving the tensor as it was.
+    pub fn read<B: Backend, R>(tensor: &mut Tensor<B, 1>, read: impl FnOnce(&[f32]) -> R) -> R {
+        let device = tensor.device();
+        let mut buffer = Self::take(std::mem::replace(tensor, Tensor::empty([0], &device)));
+        let result = read(buffer.values());
+        *tensor = buffer.into_tensor(&device);
+        result
+    }
 }
 
 /// What a replica trains on: burn's autodiff over a backend with [`TrainDevice`]. The worker

@@ -125,16 +125,37 @@ fn scatter<B: Backend, M: Module<B>>(module: M, flat: &[f32], kind: Kind) -> M {
 /// The trainable parameters as one flat tensor on their own device, in module order: what the
 /// device-resident step updates.
 pub fn flat_params<B: AutodiffBackend, M: Module<B>>(module: &M) -> Tensor<B::InnerBackend, 1> {
-    flat_trainable(module, None)
+    Tensor::cat(trainable_pieces(module, None), 0)
 }
 
 /// The gradients of the trainable parameters as one flat tensor on their device, in module
-/// order (zeros for a parameter that received none).
+/// order (zeros for a parameter that received none). They are taken out of `grads`.
 pub fn flat_grads<B: AutodiffBackend, M: Module<B>>(
     module: &M,
-    grads: &B::Gradients,
+    grads: &mut B::Gradients,
 ) -> Tensor<B::InnerBackend, 1> {
-    flat_trainable(module, Some(grads))
+    Tensor::cat(trainable_pieces(module, Some(grads)), 0)
+}
+
+/// [`flat_grads`] written into `flat` instead of a new tensor: in host memory that saves
+/// allocating, and the kernel zero-filling, a flat gradient at every step.
+pub fn flat_grads_into<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &mut B::Gradients,
+    flat: &mut [f32],
+) {
+    let mut offset = 0;
+    for piece in trainable_pieces(module, Some(grads)) {
+        let data = piece.into_data();
+        let values = data.as_slice::<f32>().expect("gradients are f32");
+        flat[offset..offset + values.len()].copy_from_slice(values);
+        offset += values.len();
+    }
+    assert_eq!(
+        offset,
+        flat.len(),
+        "the flat gradient has the parameters' length"
+    );
 }
 
 /// Replaces the trainable parameters with views of `flat` (as produced by [`flat_params`]),
@@ -161,17 +182,19 @@ pub fn load_flat_params<B: AutodiffBackend, M: Module<B>>(
     module
 }
 
-fn flat_trainable<B: AutodiffBackend, M: Module<B>>(
+/// The trainable parameters, or with `grads` their gradients (taken out), flattened, in module
+/// order.
+fn trainable_pieces<B: AutodiffBackend, M: Module<B>>(
     module: &M,
-    grads: Option<&B::Gradients>,
-) -> Tensor<B::InnerBackend, 1> {
+    grads: Option<&mut B::Gradients>,
+) -> Vec<Tensor<B::InnerBackend, 1>> {
     let mut gather = FlatGather::<B> {
         path: Vec::new(),
         grads,
         pieces: Vec::new(),
     };
     module.visit(&mut gather);
-    Tensor::cat(gather.pieces, 0)
+    gather.pieces
 }
 
 /// Weights, biases and BatchNorm gamma/beta: everything but the running statistics.
@@ -267,8 +290,8 @@ impl<B: Backend> ModuleMapper<B> for Scatter<'_> {
 
 struct FlatGather<'a, B: AutodiffBackend> {
     path: Vec<String>,
-    /// Gather these gradients instead of the values.
-    grads: Option<&'a B::Gradients>,
+    /// Take these gradients out instead of gathering the values.
+    grads: Option<&'a mut B::Gradients>,
     pieces: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
@@ -281,9 +304,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for FlatGather<'_, B> {
         }
         let tensor = param.val();
         let len = tensor.shape().num_elements();
-        let piece = match self.grads {
+        let piece = match &mut self.grads {
             None => tensor.inner(),
-            Some(grads) => match tensor.grad(grads) {
+            Some(grads) => match tensor.grad_remove(grads) {
                 Some(grad) => grad,
                 None => Tensor::zeros(tensor.shape(), &tensor.device()),
             },
@@ -376,6 +399,7 @@ mod tests {
         let model = InceptionResNetV2Config::new(5)
             .with_width(0.0625)
             .with_blocks([1, 1, 1])
+            .with_dropout(0.0) // two backward passes below must agree
             .init::<B>(&Default::default());
         let host = flatten_params(&model);
         let flat = flat_params(&model);
@@ -386,18 +410,21 @@ mod tests {
         let expected: Vec<f32> = host.iter().map(|v| v + 1.0).collect();
         assert_eq!(flatten_params(&model), expected);
 
-        // Gradients in the same module order as the host reference gathers them.
-        let grads = model
-            .forward(crate::model::test_support::images(2, 75))
-            .sum()
-            .backward();
-        let flat = flat_grads(&model, &grads)
+        // Gradients in the same module order as the host reference gathers them, into a new
+        // tensor or into a buffer.
+        let images = crate::model::test_support::images(2, 75);
+        let backward = || model.forward(images.clone()).sum().backward();
+        let mut grads = backward();
+        let mut reference = vec![0.0; host.len()];
+        crate::train::reference::accumulate_grads(&model, &grads, &mut reference);
+        let flat = flat_grads(&model, &mut grads)
             .into_data()
             .into_vec::<f32>()
             .unwrap();
-        let mut reference = vec![0.0; host.len()];
-        crate::train::reference::accumulate_grads(&model, &grads, &mut reference);
         assert_eq!(flat, reference);
+        let mut into = vec![f32::NAN; host.len()];
+        flat_grads_into(&model, &mut backward(), &mut into);
+        assert_eq!(into, reference);
         assert!(
             flat.iter().any(|&g| g != 0.0),
             "no gradient reached the flat tensor"

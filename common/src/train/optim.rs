@@ -104,16 +104,15 @@ impl<B: TrainDevice> Optimizer<B> {
         }
         let Some(mask) = &self.decay_mask else {
             let device = grads.device();
-            let placeholder = Tensor::empty([0], &device);
-            let mut weights = HostBuffer::take(std::mem::replace(params, placeholder));
             let mut grads = HostBuffer::take(grads);
-            let (w, g) = (weights.values(), grads.values());
-            for range in &self.decayed {
-                for (g, w) in g[range.clone()].iter_mut().zip(&w[range.clone()]) {
-                    *g += w * self.weight_decay;
+            let g = grads.values();
+            HostBuffer::read(params, |w| {
+                for range in &self.decayed {
+                    for (g, w) in g[range.clone()].iter_mut().zip(&w[range.clone()]) {
+                        *g += w * self.weight_decay;
+                    }
                 }
-            }
-            *params = weights.into_tensor(&device);
+            });
             return grads.into_tensor(&device);
         };
         grads.add(
@@ -160,25 +159,34 @@ impl<B: TrainDevice> Optimizer<B> {
         Ok(())
     }
 
-    /// Applies one update with learning rate `lr`; returns the new parameters. In host memory
-    /// (flex) one fused pass updates the buffers in place; on a device, tensor operations.
-    pub fn step(&mut self, lr: f64, params: Tensor<B, 1>, grads: Tensor<B, 1>) -> Tensor<B, 1> {
+    /// Applies one update with learning rate `lr`; returns the new parameters. `grads` is only
+    /// read (mutably borrowed so that in host memory its buffer is read where it lies, and can
+    /// be reused). In host memory (flex) one fused pass updates the buffers in place; on a
+    /// device, tensor operations.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        params: Tensor<B, 1>,
+        grads: &mut Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
         if !B::HOST_MEMORY {
-            return self.step_with_tensor_ops(lr, params, grads);
+            return self.step_with_tensor_ops(lr, params, grads.clone());
         }
         let device = params.device();
-        let (mut params, mut grads) = (HostBuffer::take(params), HostBuffer::take(grads));
+        let mut params = HostBuffer::take(params);
         let mut velocity =
             HostBuffer::take(self.velocity.take().expect("the velocity is put back"));
         let mut mean_square = self.mean_square.take().map(HostBuffer::take);
-        update_in_place(
-            self.rule,
-            lr as f32,
-            params.values(),
-            grads.values(),
-            mean_square.as_mut().map(HostBuffer::values),
-            velocity.values(),
-        );
+        HostBuffer::read(grads, |grads| {
+            update_in_place(
+                self.rule,
+                lr as f32,
+                params.values(),
+                grads,
+                mean_square.as_mut().map(HostBuffer::values),
+                velocity.values(),
+            )
+        });
         self.velocity = Some(velocity.into_tensor(&device));
         self.mean_square = mean_square.map(|buffer| buffer.into_tensor(&device));
         params.into_tensor(&device)
@@ -295,7 +303,7 @@ mod tests {
         let mut params = tensor(&[1.0, -2.0]);
         let mut opt = Optimizer::new(rule, 0.0, &[], 2, &Default::default());
         for g in grads {
-            params = opt.step(lr, params, tensor(g));
+            params = opt.step(lr, params, &mut tensor(g));
         }
         to_host(params)
     }
@@ -369,7 +377,7 @@ mod tests {
             let (mut a, mut b) = (tensor(&values(0.1)), tensor(&values(0.1)));
             for step in 0..5 {
                 let grads = values(0.37 + step as f32);
-                a = fused.step(0.05, a, tensor(&grads));
+                a = fused.step(0.05, a, &mut tensor(&grads));
                 b = ops.step_with_tensor_ops(0.05, b, tensor(&grads));
             }
             assert_eq!(to_host(a), to_host(b), "{rule:?}");
@@ -386,7 +394,7 @@ mod tests {
         };
         let device = Default::default();
         let mut opt = Optimizer::<Flex>::new(rule, 0.0, &[], 2, &device);
-        opt.step(0.1, tensor(&[1.0, 1.0]), tensor(&[2.0, -1.0]));
+        opt.step(0.1, tensor(&[1.0, 1.0]), &mut tensor(&[2.0, -1.0]));
         let (mean_square, velocity) = opt.state();
         let mut restored = Optimizer::<Flex>::new(rule, 0.0, &[], 2, &device);
         restored

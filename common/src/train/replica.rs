@@ -27,7 +27,7 @@ use super::optim::{Optimizer, UpdateRule, to_host};
 use super::schedule::LrSchedule;
 use crate::CRC32C;
 use crate::collective::{
-    Collective, GradientBuckets, ReduceOp, TrainBackend, TrainDevice, WireFormat,
+    Collective, GradientBuckets, HostBuffer, ReduceOp, TrainBackend, TrainDevice, WireFormat,
 };
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
@@ -84,6 +84,8 @@ pub struct Replica<B: TrainBackend> {
     /// The trainable parameters, flat, on the device; the model's parameters are views of it.
     params: Tensor<B::InnerBackend, 1>,
     optimizer: Optimizer<B::InnerBackend>,
+    /// In host memory, the last step's flat gradient, whose buffer the next step gathers into.
+    spare_grads: Option<Tensor<B::InnerBackend, 1>>,
     average: Option<WeightAverage<B::InnerBackend>>,
     collective: Box<dyn Collective>,
     buckets: GradientBuckets,
@@ -156,6 +158,7 @@ impl<B: TrainBackend> Replica<B> {
             ),
             average: (train.ema_decay > 0.0).then(|| WeightAverage::new(train.ema_decay, &params)),
             params,
+            spare_grads: None,
             model,
             collective,
             buckets: GradientBuckets::new(exp.cluster.bucket_bytes(), exp.cluster.gradient_wire),
@@ -318,10 +321,15 @@ impl<B: TrainBackend> Replica<B> {
                 loss = loss.add(aux_loss.mul_scalar(self.aux_loss_weight));
             }
             loss_sum += loss.clone().into_scalar().elem::<f32>();
-            let grads = params::flat_grads(&self.model, &loss.backward());
-            grads_sum = Some(match grads_sum {
-                Some(sum) => sum.add(grads),
-                None => grads,
+            let mut backward = loss.backward();
+            grads_sum = Some(match (grads_sum, self.spare_grads.take()) {
+                (Some(sum), _) => sum.add(params::flat_grads(&self.model, &mut backward)),
+                (None, Some(spare)) => {
+                    let mut buffer = HostBuffer::take(spare);
+                    params::flat_grads_into(&self.model, &mut backward, buffer.values());
+                    buffer.into_tensor(&self.device)
+                }
+                (None, None) => params::flat_grads(&self.model, &mut backward),
             });
             compute += started.elapsed();
         }
@@ -349,7 +357,7 @@ impl<B: TrainBackend> Replica<B> {
             grads
         };
         let grads = self.optimizer.add_weight_decay(&mut self.params, grads);
-        let (grads, grad_norm) = clip_global_norm(grads, self.clip_norm);
+        let (mut grads, grad_norm) = clip_global_norm(grads, self.clip_norm);
         let learning_rate = self.schedule.at(step);
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
         if skipped {
@@ -367,15 +375,18 @@ impl<B: TrainBackend> Replica<B> {
             // Taken out, the parameters are their buffer's only owner on flex (the model holds
             // copies there): the optimizer updates them in place.
             let params = std::mem::replace(&mut self.params, Tensor::empty([0], &self.device));
-            self.params = self.optimizer.step(learning_rate, params, grads);
+            self.params = self.optimizer.step(learning_rate, params, &mut grads);
             self.model = params::load_flat_params(
                 self.model.clone(),
                 &self.params,
                 B::InnerBackend::HOST_MEMORY,
             );
             if let Some(average) = &mut self.average {
-                average.update(&self.params);
+                average.update(&mut self.params);
             }
+        }
+        if B::InnerBackend::HOST_MEMORY {
+            self.spare_grads = Some(grads);
         }
         compute += started.elapsed();
 
