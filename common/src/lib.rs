@@ -12,7 +12,7 @@ pub mod fsutil;
 pub mod logging;
 pub mod model;
 pub mod proto;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod train;
 

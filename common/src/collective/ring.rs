@@ -866,6 +866,8 @@ fn read_exact_by(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::sync::Barrier;
+
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(2);
@@ -1021,10 +1023,11 @@ pub(crate) mod tests {
     #[test]
     fn abort_from_another_thread_unblocks_a_waiting_operation() {
         let long = Duration::from_secs(20);
+        let rank_0_done = Barrier::new(2);
         let results = with_ring(2, long, |mut ring| {
             if ring.rank() == 1 {
                 // Never joins the operation; leaves once rank 0 is done.
-                thread::sleep(Duration::from_millis(1500));
+                rank_0_done.wait();
                 return None;
             }
             let handle = ring.abort_handle();
@@ -1039,6 +1042,7 @@ pub(crate) mod tests {
             let elapsed = start.elapsed();
             aborter.join().unwrap();
             let again = ring.barrier().unwrap_err();
+            rank_0_done.wait();
             Some((error, elapsed, again))
         });
         let (error, elapsed, again) = results[0].as_ref().unwrap();
@@ -1128,12 +1132,16 @@ pub(crate) mod tests {
     #[test]
     fn stalled_peer_times_out() {
         let timeout = Duration::from_millis(300);
+        let rank_0_done = Barrier::new(2);
         let results = with_ring(2, timeout, |mut ring| {
             if ring.rank() == 1 {
-                thread::sleep(timeout * 3);
+                // Stalls: connected, but silent until rank 0 has timed out.
+                rank_0_done.wait();
                 return None;
             }
-            Some(ring.barrier().unwrap_err())
+            let error = ring.barrier().unwrap_err();
+            rank_0_done.wait();
+            Some(error)
         });
         let error = results[0].as_ref().unwrap().to_string();
         assert!(error.contains("timed out"), "{error}");

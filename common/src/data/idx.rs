@@ -259,7 +259,13 @@ mod tests {
     fn the_debian_package_when_installed() {
         let dir = Path::new(crate::data::source::FASHION_MNIST_DIR);
         if !dir.is_dir() {
-            eprintln!("skipped: {} is not installed", dir.display());
+            crate::testing::skip(
+                "the_debian_package_when_installed",
+                &format!(
+                    "{} is missing: `apt-get install dataset-fashion-mnist` (done by .ci/run)",
+                    dir.display()
+                ),
+            );
             return;
         }
         let data = FashionMnist::open(dir).unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use incept_common::collective::WireFormat;
 
-use super::allreduce_rank::SizeReport;
+use super::allreduce_rank::{CONNECTED, SizeReport};
 use super::run_json_script;
 
 /// What to measure.
@@ -159,6 +159,10 @@ fn run_ranks(bench: &AllReduceBench<'_>) -> anyhow::Result<Vec<Vec<SizeReport>>>
     }
     let mut all = Vec::with_capacity(bench.workers);
     for (rank, mut process) in ranks.into_iter().enumerate() {
+        let line = read_line(&mut process, rank)?;
+        if line != CONNECTED {
+            bail!("rank {rank} printed {line:?} instead of {CONNECTED:?}");
+        }
         let mut reports = Vec::with_capacity(bench.sizes.len());
         for _ in &bench.sizes {
             let line = read_line(&mut process, rank)?;

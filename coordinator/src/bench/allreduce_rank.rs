@@ -44,6 +44,9 @@ pub struct SizeReport {
     pub errors: Vec<String>,
 }
 
+/// What a rank prints once its ring is connected, before its reports.
+pub const CONNECTED: &str = "connected";
+
 /// Runs the rank: handshake with the parent over stdio, connect, measure or check each size.
 pub fn run(job: &RankJob) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the ring listener")?;
@@ -53,6 +56,8 @@ pub fn run(job: &RankJob) -> anyhow::Result<()> {
     let peers = read_peers(job.world)?;
     let mut ring = Ring::connect(job.rank, &peers, listener, job.timeout)
         .with_context(|| format!("rank {}: connecting the ring", job.rank))?;
+    writeln!(stdout, "{CONNECTED}")?;
+    stdout.flush()?;
     for &bytes in &job.sizes {
         let report = match job.check {
             true => check_size(&mut ring, bytes)?,
