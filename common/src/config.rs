@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::collective::WireFormat;
+use crate::collective::{WireFormat, bucket};
 
 /// Environment variable prefix; `INCEPT__TRAIN__BATCH_SIZE=8` sets `train.batch_size`.
 pub const ENV_PREFIX: &str = "INCEPT";
@@ -120,7 +120,7 @@ impl Default for ClusterSection {
             heartbeat_timeout_s: 60,
             collective_timeout_s: 300,
             backend: CollectiveBackend::Ring,
-            bucket_mib: 25.0,
+            bucket_mib: bucket::DEFAULT_BUCKET_MIB,
             gradient_wire: WireFormat::F32,
             threads_per_worker: 1,
             device: DeviceKind::Cpu,
@@ -132,7 +132,7 @@ impl Default for ClusterSection {
 impl ClusterSection {
     /// `bucket_mib` in whole bytes.
     pub fn bucket_bytes(&self) -> usize {
-        (self.bucket_mib * f64::from(1 << 20)) as usize
+        bucket::mib_to_bytes(self.bucket_mib)
     }
 }
 

@@ -144,7 +144,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10_000_000)]
         len: usize,
         /// Bucket size in MiB (fractions allowed).
-        #[arg(long, default_value_t = 25.0)]
+        #[arg(long, default_value_t = incept_common::collective::bucket::DEFAULT_BUCKET_MIB)]
         bucket_mib: f64,
     },
     /// Training-step images/s and peak memory (forward, loss, backward, optimizer).
@@ -315,7 +315,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench {
             what: BenchCommand::NcclInplace { len, bucket_mib },
         } => {
-            bench::nccl_inplace::run(len, (bucket_mib * f64::from(1 << 20)) as usize)?;
+            bench::nccl_inplace::run(
+                len,
+                incept_common::collective::bucket::mib_to_bytes(bucket_mib),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

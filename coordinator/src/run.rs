@@ -223,13 +223,16 @@ fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
         bail!("no run database at {}", database.display());
     }
     let store = Store::open(&database)?;
-    let Some((resolved, status)) = store.run_config(run_id)? else {
+    let Some((resolved, status)) = store
+        .run_config(run_id)
+        .with_context(|| format!("reading {}", database.display()))?
+    else {
         bail!(
             "no run {run_id:?} in {}",
             state_dir.join(DATABASE).display()
         );
     };
-    if status == "succeeded" {
+    if status == RunStatus::Succeeded {
         bail!("run {run_id} already succeeded; nothing to resume");
     }
     let exp = Experiment::from_toml(&resolved)?;

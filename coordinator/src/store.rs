@@ -95,6 +95,13 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    const ALL: [RunStatus; 4] = [
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Interrupted,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
@@ -102,6 +109,11 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
         }
+    }
+
+    /// The status stored as `text`, if it is one this version writes.
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 }
 
@@ -285,15 +297,20 @@ impl Store {
     }
 
     /// The resolved experiment and status of a run, if it exists.
-    pub fn run_config(&self, run_id: &str) -> anyhow::Result<Option<(String, String)>> {
-        Ok(self
+    pub fn run_config(&self, run_id: &str) -> anyhow::Result<Option<(String, RunStatus)>> {
+        let row: Option<(String, String)> = self
             .conn
             .query_row(
                 "SELECT config, status FROM runs WHERE id = ?1",
                 [run_id],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .optional()?)
+            .optional()?;
+        row.map(|(config, status)| match RunStatus::parse(&status) {
+            Some(status) => Ok((config, status)),
+            None => anyhow::bail!("run {run_id} has an unknown status {status:?}"),
+        })
+        .transpose()
     }
 
     /// Marks a stopped run as running again (resume).
@@ -420,5 +437,23 @@ mod tests {
         drop(store);
         let store = Store::open(&dir.path().join("incept.db")).unwrap();
         assert_eq!(store.runs().unwrap()[0].status, "succeeded");
+        assert_eq!(
+            store.run_config("r1").unwrap().unwrap().1,
+            RunStatus::Succeeded
+        );
+        assert!(store.run_config("r2").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_status_this_version_does_not_write_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("incept.db")).unwrap();
+        store.create_run("r1", "test", "x = 1", 2, 10).unwrap();
+        store
+            .conn
+            .execute("UPDATE runs SET status = 'paused' WHERE id = 'r1'", [])
+            .unwrap();
+        let err = store.run_config("r1").unwrap_err().to_string();
+        assert!(err.contains("r1") && err.contains("\"paused\""), "{err}");
     }
 }

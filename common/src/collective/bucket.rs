@@ -11,8 +11,13 @@ use burn::tensor::TensorData;
 
 use super::{Collective, CollectiveError, HostBuffer, ReduceOp, TrainDevice, WireFormat};
 
-/// Default bucket size, PyTorch DDP's `bucket_cap_mb`.
-pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+/// Default bucket size in MiB (`cluster.bucket_mib`), PyTorch DDP's `bucket_cap_mb`.
+pub const DEFAULT_BUCKET_MIB: f64 = 25.0;
+
+/// Bytes in `mib` MiB (fractions allowed, for tests that want many small buckets).
+pub fn mib_to_bytes(mib: f64) -> usize {
+    (mib * f64::from(1 << 20)) as usize
+}
 
 /// How a flat gradient is cut into buckets, and the wire format they travel in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +29,7 @@ pub struct GradientBuckets {
 
 impl Default for GradientBuckets {
     fn default() -> Self {
-        GradientBuckets::new(DEFAULT_BUCKET_BYTES, WireFormat::F32)
+        GradientBuckets::new(mib_to_bytes(DEFAULT_BUCKET_MIB), WireFormat::F32)
     }
 }
 
