@@ -81,7 +81,8 @@ impl Evaluation {
 /// A model replica bound to its rank in the data-parallel group.
 pub struct Replica<B: TrainBackend> {
     model: Network<B>,
-    /// The trainable parameters, flat, on the device; the model's parameters are views of it.
+    /// The trainable parameters, flat, on the device; the model's parameters are views of it
+    /// (copies in host memory: see [`with_flat_params`]).
     params: Tensor<B::InnerBackend, 1>,
     optimizer: Optimizer<B::InnerBackend>,
     /// In host memory, the last step's flat gradient, whose buffer the next step gathers into.
@@ -140,7 +141,7 @@ impl<B: TrainBackend> Replica<B> {
         }
         let len = params.len();
         let params = Tensor::from_data(TensorData::new(params, [len]), &device);
-        let model = params::load_flat_params(model, &params, B::InnerBackend::HOST_MEMORY);
+        let model = with_flat_params(model, &params);
         let decayed: Vec<_> = params::trainable_segments(&model)
             .into_iter()
             .filter(|s| s.is_weight())
@@ -274,11 +275,7 @@ impl<B: TrainBackend> Replica<B> {
         }
         self.params = upload(state.params);
         self.nonfinite_streak = state.nonfinite_streak;
-        let model = params::load_flat_params(
-            self.model.clone(),
-            &self.params,
-            B::InnerBackend::HOST_MEMORY,
-        );
+        let model = with_flat_params(self.model.clone(), &self.params);
         self.model = params::load_buffers(model, &state.buffers);
         Ok(())
     }
@@ -376,11 +373,7 @@ impl<B: TrainBackend> Replica<B> {
             // copies there): the optimizer updates them in place.
             let params = std::mem::replace(&mut self.params, Tensor::empty([0], &self.device));
             self.params = self.optimizer.step(learning_rate, params, &mut grads);
-            self.model = params::load_flat_params(
-                self.model.clone(),
-                &self.params,
-                B::InnerBackend::HOST_MEMORY,
-            );
+            self.model = with_flat_params(self.model.clone(), &self.params);
             if let Some(average) = &mut self.average {
                 average.update(&mut self.params);
             }
@@ -512,9 +505,7 @@ impl<B: TrainBackend> Replica<B> {
             .average
             .as_ref()
             .map_or(&self.params, WeightAverage::values);
-        let model =
-            params::load_flat_params(self.model.clone(), weights, B::InnerBackend::HOST_MEMORY)
-                .valid();
+        let model = with_flat_params(self.model.clone(), weights).valid();
         let loss = CrossEntropyLossConfig::new().init(&self.device);
         let mut totals = [0f32; 4]; // top-1, top-5, samples, summed loss
         let mut loader = self.validation_loader();
@@ -549,6 +540,15 @@ impl<B: TrainBackend> Replica<B> {
             loss: f64::from(totals[3]) / f64::from(totals[2].max(1.0)),
         })
     }
+}
+
+/// `model` with its trainable parameters taken from `flat`: views of it on a device, copies of
+/// their own in host memory, where flex would copy a view into a buffer's middle at every use.
+fn with_flat_params<B: TrainBackend>(
+    model: Network<B>,
+    flat: &Tensor<B::InnerBackend, 1>,
+) -> Network<B> {
+    params::load_flat_params(model, flat, B::InnerBackend::HOST_MEMORY)
 }
 
 /// A well-mixed seed for the backend RNG of one (run, step, rank).
