@@ -22,6 +22,7 @@ pub const LOCAL_RANK_VARS: [&str; 3] =
 /// The device a worker trains on, resolved from `cluster.device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComputeDevice {
+    /// The host CPU (`cluster.device = "cpu"`, or `auto` without a usable GPU).
     Cpu,
     /// CUDA GPU with this ordinal.
     Cuda(usize),

@@ -1,8 +1,12 @@
 //! Library shared by the incept coordinator and worker binaries.
 //!
-//! One module per job: the experiment [`config`], the gRPC [`proto`]col, the Inception
-//! [`model`]s, training [`data`], the compute [`device`], gradient [`collective`]s, and
-//! data-parallel [`train`]ing.
+//! One module per job, in the order data flows: the experiment [`config`] (importing nothing
+//! of the others but the [`collective`]'s wire format), the Inception [`model`]s and training
+//! [`data`] (each reading the config), the cross-domain checks that [`resolve`] an experiment,
+//! the compute [`device`], gradient [`collective`]s, and data-parallel [`train`]ing, which uses
+//! them all. [`proto`] is the gRPC protocol; [`fsutil`] and [`logging`] are leaves.
+
+#![warn(missing_docs)]
 
 pub mod collective;
 pub mod config;
@@ -12,6 +16,7 @@ pub mod fsutil;
 pub mod logging;
 pub mod model;
 pub mod proto;
+pub mod resolve;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod train;

@@ -32,7 +32,7 @@ fn experiment(world_size: usize, accumulate: usize) -> Experiment {
     exp.train.max_steps = Some(STEPS);
     exp.train.optimizer.kind = OptimizerKind::Rmsprop;
     exp.train.optimizer.learning_rate = 0.01;
-    exp.validate().expect("test experiment is valid");
+    incept_common::resolve::check(&exp).expect("test experiment is valid");
     exp
 }
 

@@ -12,7 +12,7 @@ use burn::tensor::TensorData;
 use incept_common::collective::CpuBackend;
 use incept_common::config::Experiment;
 use incept_common::data::augment::Preprocess;
-use incept_common::data::{EpochPlan, Job, Pipeline, Split, source};
+use incept_common::data::{EpochPlan, Job, Pipeline, Split};
 use incept_common::model::params::{self, flatten_params, load_params};
 use incept_common::model::registry::Network;
 use incept_common::train::LrSchedule;
@@ -31,7 +31,7 @@ fn experiment(clip_global_norm: f64) -> Experiment {
     exp.train.clip_global_norm = clip_global_norm;
     exp.train.ema_decay = 0.99;
     exp.train.max_steps = Some(STEPS);
-    exp.validate().expect("test experiment is valid");
+    incept_common::resolve::check(&exp).expect("test experiment is valid");
     exp
 }
 
@@ -40,7 +40,7 @@ fn experiment(clip_global_norm: f64) -> Experiment {
 /// mean is the identity. Returns the parameters, the average, and whether clipping bit.
 fn host_reference(exp: &Experiment, mut model: Network<CpuBackend>) -> (Vec<f32>, Vec<f32>, bool) {
     let device = Default::default();
-    let source = source::open(exp).unwrap();
+    let source = incept_common::data::open(exp).unwrap();
     let mut plan = EpochPlan::new(
         exp.run.seed,
         source.train_layout(),

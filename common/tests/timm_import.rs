@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use incept_common::model::families::inception_resnet_v2::{
+    InceptionResNetV2, InceptionResNetV2Config,
+};
 use incept_common::model::import::{
     ImportError, Mismatch, Misshaped, load_incept, load_timm, load_timm_into, save_incept,
 };
 use incept_common::model::layers::{ConvBn, ConvBnConfig};
 use incept_common::model::params::{flatten_buffers, flatten_params, tensor_paths};
-use incept_common::model::{InceptionResNetV2, InceptionResNetV2Config};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 

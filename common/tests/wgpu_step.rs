@@ -33,7 +33,7 @@ fn experiment(world_size: usize, dropout: f64) -> Experiment {
     exp.cluster.bucket_mib = 0.05; // several buckets, most cutting a tensor in two
     exp.model.dropout = dropout;
     exp.train.max_steps = Some(STEPS);
-    exp.validate().expect("test experiment is valid");
+    incept_common::resolve::check(&exp).expect("test experiment is valid");
     exp
 }
 

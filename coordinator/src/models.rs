@@ -4,17 +4,17 @@ use std::time::Instant;
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use burn::backend::Flex;
 use burn::prelude::*;
-use incept_common::config::ModelSection;
+use incept_common::config::{Arch, ModelSection};
 use incept_common::model::layers::count_macs;
 use incept_common::model::params::trainable_len;
 use incept_common::model::{import, registry};
 
 /// One row of the table, measured on a freshly built network at its native resolution.
 struct Row {
-    arch: &'static str,
+    arch: Arch,
     params: usize,
     macs: u64,
     image_size: usize,
@@ -23,17 +23,8 @@ struct Row {
 
 /// Prints name, parameters, multiply-accumulates, native input size and stage output shapes
 /// for every architecture (or one), each measured by running the network once.
-pub fn list(only: Option<&str>, num_classes: usize) -> anyhow::Result<()> {
-    let archs: Vec<&'static str> = match only {
-        Some(arch) => match registry::ARCHS.iter().find(|a| **a == arch) {
-            Some(known) => vec![*known],
-            None => bail!(
-                "unknown architecture {arch:?}; known: {:?}",
-                registry::ARCHS
-            ),
-        },
-        None => registry::ARCHS.to_vec(),
-    };
+pub fn list(only: Option<Arch>, num_classes: usize) -> anyhow::Result<()> {
+    let archs = only.map_or(Arch::ALL.to_vec(), |arch| vec![arch]);
     println!(
         "{:<20} {:>12} {:>16} {:>6}  stage outputs (H×W×C)",
         "name", "parameters", "MACs", "input"
@@ -48,13 +39,13 @@ pub fn list(only: Option<&str>, num_classes: usize) -> anyhow::Result<()> {
             .collect();
         println!(
             "{:<20} {:>12} {:>16} {:>6}  {}",
-            row.arch,
+            row.arch.name(),
             thousands(row.params as u64),
             thousands(row.macs),
             row.image_size,
             stages.join(", ")
         );
-        tracing::info!(arch, seconds = started.elapsed().as_secs_f64(), "measured");
+        tracing::info!(%arch, seconds = started.elapsed().as_secs_f64(), "measured");
     }
     println!(
         "(parameters: weights, biases and BatchNorm γ/β, not running statistics; MACs: conv + FC, batch 1)"
@@ -62,10 +53,10 @@ pub fn list(only: Option<&str>, num_classes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure(arch: &'static str, num_classes: usize) -> Row {
+fn measure(arch: Arch, num_classes: usize) -> Row {
     let image_size = registry::native_image_size(arch);
     let section = ModelSection {
-        arch: arch.to_string(),
+        arch,
         num_classes,
         image_size,
         ..ModelSection::default()
@@ -107,19 +98,13 @@ fn thousands(n: u64) -> String {
 /// The network `coordinator models import` converts into: an architecture at its native
 /// resolution, with the checkpoint's class count, width and block counts.
 pub fn import_target(
-    arch: &str,
+    arch: Arch,
     num_classes: usize,
     width: f64,
     blocks: Option<[usize; 3]>,
 ) -> anyhow::Result<ModelSection> {
-    if !registry::is_known(arch) {
-        bail!(
-            "unknown architecture {arch:?}; known: {:?}",
-            registry::ARCHS
-        );
-    }
     let section = ModelSection {
-        arch: arch.to_string(),
+        arch,
         num_classes,
         image_size: registry::native_image_size(arch),
         width,

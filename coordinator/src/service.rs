@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use incept_common::collective::NCCL_ID_BYTES;
 use incept_common::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use incept_common::proto::{
     Ack, Assignment, CheckpointReport, DataPlan, EvaluationReport, HeartbeatReply,
@@ -124,9 +125,9 @@ impl Coordinator for CoordinatorService {
                 request.ring_addr
             )));
         }
-        if !matches!(request.nccl_id.len(), 0 | 128) {
+        if !matches!(request.nccl_id.len(), 0 | NCCL_ID_BYTES) {
             return Err(Status::invalid_argument(format!(
-                "nccl_id holds {} bytes; an NCCL unique id has 128",
+                "nccl_id holds {} bytes; an NCCL unique id has {NCCL_ID_BYTES}",
                 request.nccl_id.len()
             )));
         }

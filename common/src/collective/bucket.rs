@@ -42,6 +42,7 @@ impl GradientBuckets {
         }
     }
 
+    /// The wire format every bucket is sent in.
     pub fn wire(&self) -> WireFormat {
         self.wire
     }

@@ -25,10 +25,14 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use abort::AbortHandle;
+use abort::Health;
 pub use bucket::GradientBuckets;
 pub use device::{CpuBackend, HostBuffer, TrainBackend, TrainDevice};
 pub use ring::Ring;
 pub use wire::WireFormat;
+
+/// Bytes of an NCCL unique id (`ncclUniqueId`), as the coordinator checks and hands it out.
+pub const NCCL_ID_BYTES: usize = 128;
 
 /// Reduction applied by all-reduce.
 ///
@@ -91,15 +95,21 @@ pub enum CollectiveError {
     /// The next rank's listener could not be reached before the deadline.
     #[error("rank {rank}: connecting to the next rank at {peer} failed: {source}")]
     Connect {
+        /// Rank that tried to connect.
         rank: usize,
+        /// Listening address of the next rank.
         peer: SocketAddr,
+        /// The OS error, or a timeout.
         source: io::Error,
     },
     /// The previous rank did not connect to this rank's listener before the deadline.
     #[error("rank {rank}: accepting the previous rank's connection on {addr} failed: {source}")]
     Accept {
+        /// Rank that was waiting for the connection.
         rank: usize,
+        /// This rank's own listening address.
         addr: SocketAddr,
+        /// The OS error, or a timeout.
         source: io::Error,
     },
     /// A peer answered with an unexpected rank or world size.
@@ -109,9 +119,13 @@ pub enum CollectiveError {
     /// gone.
     #[error("rank {rank}: {op} with {peer} failed: {source}")]
     Io {
+        /// Rank that failed.
         rank: usize,
+        /// What the rank was doing, e.g. `"sending"` or `"reading the handshake"`.
         op: &'static str,
+        /// Address of the neighbour involved.
         peer: SocketAddr,
+        /// The OS error, or a timeout.
         source: io::Error,
     },
     /// A neighbour sent a message of another length or wire format: ranks disagree on the call.
@@ -120,19 +134,34 @@ pub enum CollectiveError {
          (do all ranks pass buffers of the same length and wire format?)"
     )]
     Mismatch {
+        /// Rank that received the message.
         rank: usize,
+        /// Address of the neighbour that sent it.
         peer: SocketAddr,
+        /// Value count and wire format this rank expected.
         expected: String,
+        /// Value count and wire format the message header announced.
         got: String,
     },
     /// [`AbortHandle::abort`] was called.
     #[error("rank {rank}: the collective was aborted")]
-    Aborted { rank: usize },
+    Aborted {
+        /// Rank whose operation was aborted.
+        rank: usize,
+    },
     /// An earlier operation failed, so the communicator may hold partial messages.
     #[error("rank {rank}: the communicator is broken by an earlier error; rebuild it")]
-    Broken { rank: usize },
+    Broken {
+        /// Rank whose communicator is broken.
+        rank: usize,
+    },
     /// NCCL reported an error (synchronously or through `ncclCommGetAsyncError`).
     #[cfg(feature = "cuda")]
     #[error("rank {rank}: NCCL: {message}")]
-    Nccl { rank: usize, message: String },
+    Nccl {
+        /// Rank that failed.
+        rank: usize,
+        /// NCCL's error string.
+        message: String,
+    },
 }

@@ -24,13 +24,15 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtrMut};
 use cudarc::nccl::sys;
 
-use super::{AbortHandle, Collective, CollectiveError, ReduceOp, WireFormat};
+use super::{
+    AbortHandle, Collective, CollectiveError, Health, NCCL_ID_BYTES, ReduceOp, WireFormat,
+};
 
 /// Pause between polls of a running operation: short against a collective's duration, long
 /// enough not to spin a core.
 const POLL: Duration = Duration::from_micros(50);
 
-/// The 128-byte unique id every rank of one communicator joins with.
+/// The unique id ([`NCCL_ID_BYTES`] bytes) every rank of one communicator joins with.
 #[derive(Clone, Copy)]
 pub struct NcclId(sys::ncclUniqueId);
 
@@ -49,9 +51,9 @@ impl NcclId {
 
     /// The id as handed out by the coordinator.
     pub fn from_bytes(bytes: &[u8]) -> Result<NcclId, CollectiveError> {
-        let bytes: &[u8; 128] = bytes.try_into().map_err(|_| {
+        let bytes: &[u8; NCCL_ID_BYTES] = bytes.try_into().map_err(|_| {
             CollectiveError::Invalid(format!(
-                "an NCCL unique id has 128 bytes, the assignment holds {}",
+                "an NCCL unique id has {NCCL_ID_BYTES} bytes, the assignment holds {}",
                 bytes.len()
             ))
         })?;
@@ -60,6 +62,7 @@ impl NcclId {
         }))
     }
 
+    /// The id as the coordinator hands it out.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.internal.iter().map(|&c| c as u8).collect()
     }
@@ -74,8 +77,7 @@ pub struct Nccl {
     stream: Arc<CudaStream>,
     /// Device copy of host buffers passed to the [`Collective`] methods; grows as needed.
     staging: Option<CudaSlice<f32>>,
-    abort: AbortHandle,
-    broken: bool,
+    health: Health,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread as long as calls do not overlap;
@@ -136,8 +138,7 @@ impl Nccl {
             comm: comm.0,
             stream,
             staging: None,
-            abort: AbortHandle::default(),
-            broken: false,
+            health: Health::default(),
         })
     }
 
@@ -176,15 +177,11 @@ impl Nccl {
 
     /// Fails at once when aborted or broken.
     fn ready(&mut self) -> Result<(), CollectiveError> {
-        let rank = self.rank;
-        if self.abort.is_aborted() {
+        let ready = self.health.ready(self.rank);
+        if let Err(CollectiveError::Aborted { .. }) = ready {
             self.fail();
-            return Err(CollectiveError::Aborted { rank });
         }
-        if self.broken {
-            return Err(CollectiveError::Broken { rank });
-        }
-        Ok(())
+        ready
     }
 
     /// Waits for the stream's work, polling NCCL's asynchronous error, the abort flag and the
@@ -203,7 +200,7 @@ impl Nccl {
                 Err(e) => return Err(self.driver_error(e)),
             }
             self.async_error()?;
-            if self.abort.is_aborted() {
+            if self.health.abort_handle().is_aborted() {
                 self.fail();
                 return Err(CollectiveError::Aborted { rank });
             }
@@ -245,8 +242,7 @@ impl Nccl {
 
     /// Aborts the communicator once: kernels in flight are cancelled, later calls fail.
     fn fail(&mut self) {
-        if !self.broken {
-            self.broken = true;
+        if self.health.mark_broken() {
             // SAFETY: the communicator is live (not yet aborted or destroyed).
             unsafe { sys::ncclCommAbort(self.comm) };
         }
@@ -353,7 +349,7 @@ impl Collective for Nccl {
     }
 
     fn abort_handle(&self) -> AbortHandle {
-        self.abort.clone()
+        self.health.abort_handle().clone()
     }
 
     fn as_nccl(&mut self) -> Option<&mut Nccl> {
@@ -363,7 +359,7 @@ impl Collective for Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        if !self.broken {
+        if self.health.mark_broken() {
             // SAFETY: the communicator is live and no operation is running (`&mut self`).
             unsafe { sys::ncclCommDestroy(self.comm) };
         }

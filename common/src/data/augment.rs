@@ -16,7 +16,9 @@ use crate::config::AugmentSection;
 /// How samples become model inputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preprocess {
+    /// Side of the square model input, in pixels.
     pub image_size: usize,
+    /// Crop, flip and colour settings (training) and the central crop fraction (evaluation).
     pub augment: AugmentSection,
 }
 

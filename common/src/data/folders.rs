@@ -19,7 +19,9 @@ pub const VAL_LABEL_FILES: [&str; 2] = ["imagenet_2012_validation_synset_labels.
 /// A labelled image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledFile {
+    /// Path of the JPEG file.
     pub path: PathBuf,
+    /// Class index: the position of the image's wnid in [`ImagenetFolders::synsets`].
     pub label: usize,
 }
 
@@ -66,6 +68,7 @@ impl ImagenetFolders {
         &self.synsets
     }
 
+    /// The files of `split`; a sample's index is its position here.
     pub fn files(&self, split: Split) -> &[LabelledFile] {
         match split {
             Split::Train => &self.train,

@@ -33,6 +33,7 @@ pub struct FashionMnist {
 }
 
 impl FashionMnist {
+    /// Reads both splits' image and label files from `dir` into memory.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         if !dir.is_dir() {
             anyhow::bail!(
@@ -257,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_debian_package_when_installed() {
-        let dir = Path::new(crate::data::source::FASHION_MNIST_DIR);
+        let dir = Path::new(crate::config::FASHION_MNIST_DIR);
         if !dir.is_dir() {
             crate::testing::skip(
                 "the_debian_package_when_installed",

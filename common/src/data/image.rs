@@ -16,8 +16,11 @@ use zune_jpeg::JpegDecoder;
 /// An 8-bit RGB image, rows of interleaved R, G, B.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rgb8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `width × height × 3` bytes, top row first.
     pub data: Vec<u8>,
 }
 
@@ -80,9 +83,13 @@ impl Rgb8 {
 /// A rectangle of source pixels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CropBox {
+    /// Column of the left edge.
     pub x: usize,
+    /// Row of the top edge.
     pub y: usize,
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
 }
 

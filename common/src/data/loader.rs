@@ -20,16 +20,21 @@ use super::{Batch, Split};
 /// One batch to load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
+    /// Split the samples are read from (and augmented for).
     pub split: Split,
     /// Seeds augmentation together with each sample's index.
     pub epoch: u64,
+    /// Indices of the batch's samples in the split, in batch order.
     pub indices: Vec<u64>,
 }
 
 /// A source and how its samples become model inputs.
 pub struct Pipeline {
+    /// Dataset the samples are read from.
     pub source: Arc<dyn Source>,
+    /// Decoding, augmentation and scaling into model inputs.
     pub preprocess: Preprocess,
+    /// Run seed that, with the epoch and sample index, seeds each sample's augmentation.
     pub seed: u64,
 }
 

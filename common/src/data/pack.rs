@@ -24,8 +24,11 @@ use super::tfrecord::{ImageRecord, RecordWriter};
 /// What to pack and how.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
+    /// Number of shards the training split is cut into (at least one).
     pub train_shards: usize,
+    /// Number of shards the validation split is cut into (at least one).
     pub validation_shards: usize,
+    /// Seeds the shuffle of each split's files before they are cut into shards.
     pub seed: u64,
 }
 

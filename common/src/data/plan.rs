@@ -26,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 /// Where a run stands in its training data: the next unread sample of an epoch's stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DataPosition {
+    /// Epoch being read, counted from 0.
     pub epoch: u64,
     /// Samples of the epoch's stream already consumed.
     pub offset: u64,
@@ -50,6 +51,7 @@ impl ShardLayout {
         }
     }
 
+    /// Samples in the split: the sum of all shard sizes.
     pub fn samples(&self) -> u64 {
         self.sizes.iter().sum()
     }
@@ -151,6 +153,7 @@ impl EpochPlan {
         self
     }
 
+    /// The shard layout the plan orders samples over.
     pub fn layout(&self) -> &ShardLayout {
         &self.layout
     }

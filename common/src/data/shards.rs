@@ -27,10 +27,13 @@ const FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetIndex {
+    /// Version of the index layout; reading refuses any other than this build's.
     pub format: u32,
     /// Class wnids by stored label − 1 (stored labels are 1-based, as build_imagenet_data.py's).
     pub synsets: Vec<String>,
+    /// Training shards, in sample-index order.
     pub train: Vec<ShardEntry>,
+    /// Validation shards, in sample-index order.
     pub validation: Vec<ShardEntry>,
 }
 
@@ -40,13 +43,16 @@ pub struct DatasetIndex {
 pub struct ShardEntry {
     /// File name, relative to the index's folder.
     pub file: String,
+    /// Records (images) in the shard.
     pub samples: u64,
+    /// File size in bytes, checked on open to catch truncated or replaced shards.
     pub bytes: u64,
     /// Samples per stored label (label → count).
     pub classes: BTreeMap<i64, u64>,
 }
 
 impl DatasetIndex {
+    /// An index of the current format with the given classes and no shards yet.
     pub fn new(synsets: Vec<String>) -> Self {
         Self {
             format: FORMAT,
@@ -56,6 +62,7 @@ impl DatasetIndex {
         }
     }
 
+    /// The shards of `split`.
     pub fn split(&self, split: Split) -> &[ShardEntry] {
         match split {
             Split::Train => &self.train,
@@ -63,6 +70,7 @@ impl DatasetIndex {
         }
     }
 
+    /// Reads and checks the `index.json` in `dir`.
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(INDEX_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -209,6 +217,8 @@ pub struct TfRecordShards {
 }
 
 impl TfRecordShards {
+    /// Opens the shards indexed in `dir`, checking each file's size against the index;
+    /// `background_class` keeps stored labels as they are (label 0 = background).
     pub fn open(dir: &Path, shuffle_buffer: u64, background_class: bool) -> anyhow::Result<Self> {
         anyhow::ensure!(
             dir.is_dir(),

@@ -31,6 +31,8 @@ pub struct SyntheticImages {
 }
 
 impl SyntheticImages {
+    /// A generator of `num_classes` classes of `image_size`-square images, with Gaussian pixel
+    /// noise of standard deviation `noise` and the given number of samples per split.
     pub fn new(
         seed: u64,
         num_classes: usize,

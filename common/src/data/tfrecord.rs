@@ -30,8 +30,11 @@ pub fn masked_crc(bytes: &[u8]) -> u32 {
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message} at byte offset {offset}", path.display())]
 pub struct FramingError {
+    /// The shard file.
     pub path: PathBuf,
+    /// Byte offset of the record at fault (its length header).
     pub offset: u64,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -42,6 +45,7 @@ pub struct RecordWriter<W: Write> {
 }
 
 impl<W: Write> RecordWriter<W> {
+    /// Wraps `inner`; offsets count from the first byte this writer writes.
     pub fn new(inner: W) -> Self {
         Self { inner, written: 0 }
     }
@@ -63,6 +67,7 @@ impl<W: Write> RecordWriter<W> {
         self.written
     }
 
+    /// The underlying writer, for flushing or syncing once the last record is written.
     pub fn into_inner(self) -> W {
         self.inner
     }
@@ -73,6 +78,7 @@ impl<W: Write> RecordWriter<W> {
 pub struct RecordSpan {
     /// Offset of the record's length header.
     pub offset: u64,
+    /// Payload bytes, without header and footer.
     pub length: u64,
 }
 
@@ -157,12 +163,17 @@ pub fn read_record(file: &File, path: &Path, span: RecordSpan) -> Result<Vec<u8>
 /// One labelled image as `build_imagenet_data.py` stores it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
+    /// `image/encoded`: the original JPEG bytes.
     pub encoded: Vec<u8>,
     /// `image/class/label`: 1–1000 (0 is the background class of 1001-way models).
     pub label: i64,
+    /// `image/class/synset`: the class wnid, e.g. `n01440764`.
     pub synset: String,
+    /// `image/filename`: the source file's name.
     pub filename: String,
+    /// `image/width`, in pixels.
     pub width: i64,
+    /// `image/height`, in pixels.
     pub height: i64,
 }
 

@@ -28,14 +28,18 @@ pub enum ImportError {
     /// Reading or writing the file failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The safetensors file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// The file is not valid safetensors (or, when saving, could not be encoded as such).
     #[error("{}: safetensors: {source}", path.display())]
     Format {
+        /// The safetensors file.
         path: PathBuf,
+        /// What the safetensors parser or encoder reported.
         #[source]
         source: SafeTensorError,
     },

@@ -246,16 +246,28 @@ pub fn check_side(network: &str, size: usize, min: usize, native: usize) -> Resu
     Ok(())
 }
 
-/// Output channels of a (non-empty) branch.
+/// Applies a branch's convolutions in order.
+pub fn run_chain<'a, B: Backend>(
+    chain: impl IntoIterator<Item = &'a ConvBn<B>>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    chain.into_iter().fold(x, |x, conv| conv.forward(x))
+}
+
+/// Output channels of a chain of convolutions (0 for an empty one).
 pub fn chain_out_channels<B: Backend>(chain: &[ConvBn<B>]) -> usize {
     chain.last().map_or(0, ConvBn::out_channels)
 }
 
 /// One convolution of the TF-slim definition, with its unscaled output channels.
 pub struct Conv {
+    /// Output channels before the width multiplier.
     pub out: usize,
+    /// Kernel `[height, width]`.
     pub kernel: [usize; 2],
+    /// Stride along both axes.
     pub stride: usize,
+    /// Same or valid padding.
     pub padding: PaddingConfig2d,
 }
 
@@ -301,9 +313,11 @@ impl Conv {
 pub struct ConvFactory<'a, B: Backend> {
     /// Channel multiplier: `c` becomes `max(1, round(c · width))`.
     pub width: f64,
+    /// PyTorch-style momentum of every BatchNorm's running statistics.
     pub bn_momentum: f64,
     /// Convolutions with a bias (Caffe-port BN-Inception only).
     pub conv_bias: bool,
+    /// Device the modules are initialised on.
     pub device: &'a B::Device,
 }
 

@@ -12,19 +12,50 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 
+/// What a tensor is to training, told by its field name in burn's layers (the only name the
+/// module walk gives): the one place that reads meaning into a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    /// A convolution or fully connected kernel (`weight`): trained and weight-decayed.
+    Weight,
+    /// A bias, or a BatchNorm `gamma`/`beta`: trained, never decayed.
+    Affine,
+    /// A BatchNorm running mean or variance: updated by the forward pass, not trained.
+    RunningStat,
+}
+
+impl TensorRole {
+    /// The role of the tensor at dotted module `path`.
+    pub fn of(path: &str) -> TensorRole {
+        match path.rsplit('.').next() {
+            Some("weight") => TensorRole::Weight,
+            Some("running_mean" | "running_var") => TensorRole::RunningStat,
+            _ => TensorRole::Affine,
+        }
+    }
+
+    /// Whether the optimizer trains it (everything but the running statistics).
+    pub fn is_trainable(self) -> bool {
+        self != TensorRole::RunningStat
+    }
+}
+
 /// A trainable tensor's place in the flat vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
     /// Dotted module path, e.g. `repeat.0.conv2d.weight` (the checkpoint key).
     pub path: String,
+    /// Indices of the tensor's elements in the flat vector.
     pub range: Range<usize>,
+    /// What the tensor is.
+    pub role: TensorRole,
 }
 
 impl Segment {
     /// Convolution and fully connected weights: what weight decay applies to (not BatchNorm
     /// gamma/beta, not biases).
     pub fn is_weight(&self) -> bool {
-        self.path.ends_with("weight")
+        self.role == TensorRole::Weight
     }
 }
 
@@ -45,7 +76,8 @@ pub fn trainable_segments<B: Backend, M: Module<B>>(module: &M) -> Vec<Segment> 
         .map(|(path, len)| {
             let range = offset..offset + len;
             offset += len;
-            Segment { path, range }
+            let role = TensorRole::of(&path);
+            Segment { path, range, role }
         })
         .collect()
 }
@@ -199,7 +231,7 @@ fn trainable_pieces<B: AutodiffBackend, M: Module<B>>(
 
 /// Weights, biases and BatchNorm gamma/beta: everything but the running statistics.
 pub(crate) fn is_trainable(path: &str) -> bool {
-    !(path.ends_with("running_mean") || path.ends_with("running_var"))
+    TensorRole::of(path).is_trainable()
 }
 
 fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
@@ -347,7 +379,7 @@ mod tests {
     use burn::backend::Flex;
 
     use super::*;
-    use crate::model::InceptionResNetV2Config;
+    use crate::model::families::inception_resnet_v2::InceptionResNetV2Config;
 
     #[test]
     fn flat_views_round_trip_and_skip_running_stats() {

@@ -1,39 +1,56 @@
-//! Architecture names → constructors, so configs and the CLI can name a network, and
-//! [`Network`], the one module type every architecture trains as.
+//! Architectures → constructors, so configs and the CLI can name a network, and [`Network`],
+//! the one module type every architecture trains as.
+//!
+//! Every match here is on [`Arch`] and exhaustive: a new family added to the enum does not
+//! compile until it is wired in, and no name falls back to another network.
 
 use burn::prelude::*;
 
-use super::bn_inception::{self, BnInception, BnInceptionConfig};
-use super::inception_resnet_v1::{self, InceptionResNetV1, InceptionResNetV1Config};
-use super::inception_resnet_v2::{self, InceptionResNetV2, InceptionResNetV2Config};
-use super::inception_v3::{self, InceptionV3, InceptionV3Config};
-use super::inception_v4::{self, InceptionV4, InceptionV4Config};
+use super::families::bn_inception::{BnInception, BnInceptionConfig};
+use super::families::inception_resnet_v1::{InceptionResNetV1, InceptionResNetV1Config};
+use super::families::inception_resnet_v2::{InceptionResNetV2, InceptionResNetV2Config};
+use super::families::inception_v3::{InceptionV3, InceptionV3Config};
+use super::families::inception_v4::{InceptionV4, InceptionV4Config};
+use super::family::Family;
 use super::probe;
-use crate::config::{BlockPreset, ModelSection};
+use crate::config::{Arch, ModelSection};
 
-/// Architectures this build can construct, in the order `coordinator models` lists them.
-pub const ARCHS: &[&str] = &[
-    "bn_inception",
-    "inception_v3",
-    "inception_v4",
-    "inception_resnet_v1",
-    "inception_resnet_v2",
-];
+/// Runs the same expression with `$Config` bound to the config type of `$arch`'s family.
+macro_rules! with_family {
+    ($arch:expr, $Config:ident => $body:expr) => {
+        match $arch {
+            Arch::BnInception => {
+                type $Config = BnInceptionConfig;
+                $body
+            }
+            Arch::InceptionV3 => {
+                type $Config = InceptionV3Config;
+                $body
+            }
+            Arch::InceptionV4 => {
+                type $Config = InceptionV4Config;
+                $body
+            }
+            Arch::InceptionResNetV1 => {
+                type $Config = InceptionResNetV1Config;
+                $body
+            }
+            Arch::InceptionResNetV2 => {
+                type $Config = InceptionResNetV2Config;
+                $body
+            }
+        }
+    };
+}
 
-/// Whether `arch` names a known architecture.
-pub fn is_known(arch: &str) -> bool {
-    ARCHS.contains(&arch)
+/// What the registry knows of `arch`'s family.
+pub fn family(arch: Arch) -> &'static Family {
+    with_family!(arch, Config => &Config::FAMILY)
 }
 
 /// The input side an architecture was trained at (BN-Inception 224, the others 299).
-pub fn native_image_size(arch: &str) -> usize {
-    match arch {
-        "bn_inception" => bn_inception::NATIVE_IMAGE_SIZE,
-        "inception_v3" => inception_v3::NATIVE_IMAGE_SIZE,
-        "inception_v4" => inception_v4::NATIVE_IMAGE_SIZE,
-        "inception_resnet_v1" => inception_resnet_v1::NATIVE_IMAGE_SIZE,
-        _ => inception_resnet_v2::NATIVE_IMAGE_SIZE,
-    }
+pub fn native_image_size(arch: Arch) -> usize {
+    family(arch).native_image_size
 }
 
 /// Any network of the family, as one burn module (module paths are the variant's own).
@@ -43,10 +60,15 @@ pub fn native_image_size(arch: &str) -> usize {
     reason = "one network per process; burn implements Module for no Box to shrink it"
 )]
 pub enum Network<B: Backend> {
+    /// [`Arch::BnInception`].
     BnInception(BnInception<B>),
+    /// [`Arch::InceptionV3`].
     InceptionV3(InceptionV3<B>),
+    /// [`Arch::InceptionV4`].
     InceptionV4(InceptionV4<B>),
+    /// [`Arch::InceptionResNetV1`].
     InceptionResNetV1(InceptionResNetV1<B>),
+    /// [`Arch::InceptionResNetV2`].
     InceptionResNetV2(InceptionResNetV2<B>),
 }
 
@@ -80,7 +102,11 @@ impl<B: Backend> Network<B> {
 
     /// Logits and, when the network has an aux head, the auxiliary logits.
     pub fn forward_with_aux(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        on_each!(self, net => net.forward_with_aux(images))
+        match self {
+            Network::InceptionV3(net) => net.forward_with_aux(images),
+            Network::InceptionResNetV2(net) => net.forward_with_aux(images),
+            _ => (self.forward(images), None),
+        }
     }
 
     /// Stage outputs; the last is the final feature map before the average pool.
@@ -120,136 +146,48 @@ impl<B: Backend> Network<B> {
 
 /// Checks the image size (and the knobs that depend on it) for the configured architecture.
 pub fn check_image_size(model: &ModelSection) -> Result<(), String> {
-    let size = model.image_size;
-    match model.arch.as_str() {
-        "bn_inception" => bn_inception_config(model).check_image_size(size),
-        "inception_v3" => inception_v3_config(model).check_image_size(size),
-        "inception_v4" => inception_v4_config(model).check_image_size(size),
-        "inception_resnet_v1" => irv1_config(model).check_image_size(size),
-        "inception_resnet_v2" => irv2_config(model).check_image_size(size),
-        _ => Ok(()),
-    }
+    with_family!(model.arch, Config => Config::from_section(model).check_image_size(model.image_size))
 }
 
 /// Checks that `blocks`, `block_preset` and `aux_head` apply to the configured architecture.
 pub fn check_knobs(model: &ModelSection) -> Result<(), String> {
-    let arch = model.arch.as_str();
-    let has_blocks = matches!(
-        arch,
-        "inception_v4" | "inception_resnet_v1" | "inception_resnet_v2"
-    );
-    if !has_blocks && (model.blocks.is_some() || model.block_preset.is_some()) {
-        return Err(format!("{arch} has no configurable block counts"));
-    }
-    if model.blocks.is_none()
-        && let Some(preset) = model.block_preset
-        && preset_blocks(arch, preset).is_none()
-    {
-        return Err(format!("block_preset {preset:?} does not apply to {arch}"));
-    }
-    if model.aux_head && !matches!(arch, "inception_v3" | "inception_resnet_v2") {
-        return Err(format!("{arch} has no auxiliary head"));
-    }
-    Ok(())
+    family(model.arch).check_knobs(model)
 }
 
 /// Builds the configured network with freshly initialised weights.
 pub fn build<B: Backend>(model: &ModelSection, device: &B::Device) -> Network<B> {
-    match model.arch.as_str() {
-        "bn_inception" => Network::BnInception(bn_inception_config(model).init(device)),
-        "inception_v3" => Network::InceptionV3(inception_v3_config(model).init(device)),
-        "inception_v4" => Network::InceptionV4(inception_v4_config(model).init(device)),
-        "inception_resnet_v1" => Network::InceptionResNetV1(irv1_config(model).init(device)),
-        _ => Network::InceptionResNetV2(irv2_config(model).init(device)),
-    }
+    with_family!(model.arch, Config => Config::from_section(model).init(device).into())
 }
 
-/// Scaled blocks per stage a preset means for an architecture (the final unscaled
-/// Inception-ResNet block is separate: `model.final_block`).
-fn preset_blocks(arch: &str, preset: BlockPreset) -> Option<[usize; 3]> {
-    match (arch, preset) {
-        ("inception_resnet_v2", BlockPreset::Tfslim) => Some([10, 20, 9]),
-        ("inception_resnet_v1" | "inception_resnet_v2", BlockPreset::Paper) => Some([5, 10, 4]),
-        ("inception_resnet_v1", BlockPreset::Facenet) => Some([5, 10, 5]),
-        _ => None,
-    }
+/// Wraps each family's network in its [`Network`] variant.
+macro_rules! into_network {
+    ($($variant:ident),*) => {$(
+        impl<B: Backend> From<$variant<B>> for Network<B> {
+            fn from(network: $variant<B>) -> Self {
+                Network::$variant(network)
+            }
+        }
+    )*};
 }
 
-/// Block counts: explicit `blocks`, else the preset, else the architecture's reference.
-fn block_counts(model: &ModelSection) -> [usize; 3] {
-    let arch = model.arch.as_str();
-    let reference = match arch {
-        "inception_v4" => [4, 7, 3],
-        "inception_resnet_v1" => [5, 10, 4],
-        _ => [10, 20, 9],
-    };
-    model
-        .blocks
-        .or_else(|| model.block_preset.and_then(|p| preset_blocks(arch, p)))
-        .unwrap_or(reference)
-}
-
-fn bn_inception_config(model: &ModelSection) -> BnInceptionConfig {
-    BnInceptionConfig::new(model.num_classes)
-        .with_width(model.width)
-        .with_dropout(model.dropout)
-        .with_bn_momentum(model.bn_momentum)
-}
-
-fn inception_v3_config(model: &ModelSection) -> InceptionV3Config {
-    InceptionV3Config::new(model.num_classes)
-        .with_width(model.width)
-        .with_dropout(model.dropout)
-        .with_bn_momentum(model.bn_momentum)
-        .with_aux_head(model.aux_head)
-}
-
-fn inception_v4_config(model: &ModelSection) -> InceptionV4Config {
-    InceptionV4Config::new(model.num_classes)
-        .with_width(model.width)
-        .with_blocks(block_counts(model))
-        .with_dropout(model.dropout)
-        .with_bn_momentum(model.bn_momentum)
-}
-
-fn irv1_config(model: &ModelSection) -> InceptionResNetV1Config {
-    let [a, b, c] = block_counts(model);
-    let [scale_a, scale_b, scale_c] = model.residual_scales();
-    InceptionResNetV1Config::new(model.num_classes)
-        .with_width(model.width)
-        // This config counts the final unscaled block among the C blocks.
-        .with_blocks([a, b, c + usize::from(model.final_block)])
-        .with_scale_a(scale_a)
-        .with_scale_b(scale_b)
-        .with_scale_c(scale_c)
-        .with_final_block(model.final_block)
-        .with_dropout(model.dropout)
-        .with_bn_momentum(model.bn_momentum)
-}
-
-fn irv2_config(model: &ModelSection) -> InceptionResNetV2Config {
-    let [scale_a, scale_b, scale_c] = model.residual_scales();
-    InceptionResNetV2Config::new(model.num_classes)
-        .with_width(model.width)
-        .with_blocks(block_counts(model))
-        .with_scale_a(scale_a)
-        .with_scale_b(scale_b)
-        .with_scale_c(scale_c)
-        .with_final_block(model.final_block)
-        .with_dropout(model.dropout)
-        .with_bn_momentum(model.bn_momentum)
-        .with_aux_head(model.aux_head.then_some(model.image_size))
-}
+into_network!(
+    BnInception,
+    InceptionV3,
+    InceptionV4,
+    InceptionResNetV1,
+    InceptionResNetV2
+);
 
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
 
     use super::*;
+    use crate::config::BlockPreset;
 
-    fn section(arch: &str) -> ModelSection {
+    fn section(arch: Arch) -> ModelSection {
         ModelSection {
-            arch: arch.into(),
+            arch,
             num_classes: 4,
             image_size: 75,
             width: 0.0625,
@@ -257,25 +195,29 @@ mod tests {
         }
     }
 
+    fn block_counts(model: &ModelSection) -> [usize; 3] {
+        family(model.arch).block_counts(model)
+    }
+
     #[test]
     fn presets_resolve_per_architecture() {
-        let with = |arch: &str, preset| ModelSection {
+        let with = |arch, preset| ModelSection {
             block_preset: Some(preset),
             ..section(arch)
         };
-        assert_eq!(block_counts(&section("inception_resnet_v2")), [10, 20, 9]);
+        assert_eq!(block_counts(&section(Arch::InceptionResNetV2)), [10, 20, 9]);
         assert_eq!(
-            block_counts(&with("inception_resnet_v2", BlockPreset::Paper)),
+            block_counts(&with(Arch::InceptionResNetV2, BlockPreset::Paper)),
             [5, 10, 4]
         );
         assert_eq!(
-            block_counts(&with("inception_resnet_v1", BlockPreset::Facenet)),
+            block_counts(&with(Arch::InceptionResNetV1, BlockPreset::Facenet)),
             [5, 10, 5]
         );
-        assert_eq!(block_counts(&section("inception_v4")), [4, 7, 3]);
+        assert_eq!(block_counts(&section(Arch::InceptionV4)), [4, 7, 3]);
         let explicit = ModelSection {
             blocks: Some([1, 2, 3]),
-            ..with("inception_resnet_v2", BlockPreset::Paper)
+            ..with(Arch::InceptionResNetV2, BlockPreset::Paper)
         };
         assert_eq!(block_counts(&explicit), [1, 2, 3]);
     }
@@ -284,7 +226,7 @@ mod tests {
     fn knobs_that_do_not_apply_are_rejected() {
         let v3_blocks = ModelSection {
             blocks: Some([1, 1, 1]),
-            ..section("inception_v3")
+            ..section(Arch::InceptionV3)
         };
         assert!(
             check_knobs(&v3_blocks)
@@ -293,7 +235,7 @@ mod tests {
         );
         let v4_aux = ModelSection {
             aux_head: true,
-            ..section("inception_v4")
+            ..section(Arch::InceptionV4)
         };
         assert!(
             check_knobs(&v4_aux)
@@ -302,15 +244,15 @@ mod tests {
         );
         let v2_facenet = ModelSection {
             block_preset: Some(BlockPreset::Facenet),
-            ..section("inception_resnet_v2")
+            ..section(Arch::InceptionResNetV2)
         };
         assert!(check_knobs(&v2_facenet).is_err());
-        assert!(check_knobs(&section("inception_resnet_v2")).is_ok());
+        assert!(check_knobs(&section(Arch::InceptionResNetV2)).is_ok());
     }
 
     #[test]
     fn every_architecture_builds_and_classifies() {
-        for arch in ARCHS {
+        for arch in Arch::ALL {
             let model = section(arch);
             check_image_size(&model).unwrap();
             let net = build::<Flex>(&model, &Default::default());
@@ -329,7 +271,7 @@ mod tests {
         );
         let model = ModelSection {
             blocks: Some([2, 1, 1]),
-            ..section("inception_resnet_v2")
+            ..section(Arch::InceptionResNetV2)
         };
         let probe = build::<Flex>(&model, &device).probe(images.clone());
         assert!((0.0..=1.0).contains(&probe.dead_fraction));
@@ -341,7 +283,7 @@ mod tests {
                 .all(|r| r.is_finite() && *r > 0.0)
         );
 
-        let plain = build::<Flex>(&section("inception_v4"), &device).probe(images);
+        let plain = build::<Flex>(&section(Arch::InceptionV4), &device).probe(images);
         assert!(plain.residual_ratios.is_empty());
     }
 }

@@ -26,12 +26,15 @@ const FORMAT: u32 = 1;
 /// The state of a replica after `step` optimizer steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingState {
+    /// Optimizer steps taken so far.
     pub step: u64,
+    /// Trainable parameters in flat-vector order.
     pub params: Vec<f32>,
     /// BatchNorm running statistics in module order.
     pub buffers: Vec<f32>,
     /// RMSProp mean square (empty for SGD).
     pub mean_square: Vec<f32>,
+    /// Momentum accumulator of the update rule, one value per parameter.
     pub velocity: Vec<f32>,
     /// The weight average and its update count, when enabled.
     pub average: Option<(u64, Vec<f32>)>,
@@ -62,15 +65,30 @@ struct FileEntry {
 /// Why a checkpoint cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// Reading, writing or removing a checkpoint file or folder failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// `manifest.toml` does not parse, or has a format this build does not read.
     #[error("{path}: invalid manifest: {message}")]
-    Manifest { path: PathBuf, message: String },
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A file's size or CRC-32C differs from what the manifest records.
     #[error("{path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Which check failed, with both values.
+        message: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

@@ -51,10 +51,12 @@ impl<B: TrainDevice> WeightAverage<B> {
         }
     }
 
+    /// The averaged parameters, in flat-vector order.
     pub fn values(&self) -> &Tensor<B, 1> {
         &self.values
     }
 
+    /// Updates folded in so far (the `n` of the decay warm-up), checkpointed with the values.
     pub fn updates(&self) -> u64 {
         self.updates
     }

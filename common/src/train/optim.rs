@@ -21,13 +21,21 @@ use crate::config::{OptimizerKind, OptimizerSection};
 pub enum UpdateRule {
     /// TF RMSProp: `ms ← ρ·ms + (1−ρ)·g²` (ms starts at 1), `mom ← μ·mom + lr·g/√(ms+ε)`, `p ← p − mom`.
     RmsPropTf {
+        /// ρ: weight of the old mean square.
         decay: f32,
+        /// μ: weight of the old momentum.
         momentum: f32,
+        /// ε, added inside the square root.
         epsilon: f32,
     },
     /// SGD with momentum, dampening 0: `mom ← μ·mom + g`, `p ← p − lr·mom`; with Nesterov
     /// (PyTorch's form) `p ← p − lr·(g + μ·mom)`.
-    Sgd { momentum: f32, nesterov: bool },
+    Sgd {
+        /// μ: weight of the old momentum.
+        momentum: f32,
+        /// Whether to take the Nesterov step.
+        nesterov: bool,
+    },
 }
 
 impl From<&OptimizerSection> for UpdateRule {

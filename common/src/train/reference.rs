@@ -71,6 +71,7 @@ pub struct HostOptimizer {
 }
 
 impl HostOptimizer {
+    /// Fresh state for `len` parameters, decaying the `decayed` ranges by `weight_decay`.
     pub fn new(
         rule: UpdateRule,
         weight_decay: f64,
@@ -150,6 +151,7 @@ impl HostAverage {
         self.updates += 1;
     }
 
+    /// The weights after the steps taken so far.
     pub fn values(&self) -> &[f32] {
         &self.values
     }

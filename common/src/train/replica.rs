@@ -32,17 +32,20 @@ use crate::collective::{
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
 use crate::data::plan::validation_share;
-use crate::data::{Batch, DataPosition, EpochPlan, Job, Loader, Pipeline, Split, source};
+use crate::data::{self, Batch, DataPosition, EpochPlan, Job, Loader, Pipeline, Split};
 use crate::model::params;
 use crate::model::registry::{Network, Probe};
 
 /// Timings and values of one optimizer step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepStats {
+    /// The step, zero-based.
     pub step: u64,
+    /// Epoch of the training data the step read, zero-based.
     pub epoch: u64,
     /// Training loss averaged over every rank's micro-batches.
     pub loss: f64,
+    /// Learning rate the schedule gave this step.
     pub learning_rate: f64,
     /// Global norm of the averaged gradient (weight decay included) before clipping.
     pub grad_norm: f64,
@@ -52,7 +55,9 @@ pub struct StepStats {
     pub images: usize,
     /// Images this rank left out because they could not be decoded.
     pub bad_images: usize,
+    /// Waiting for the loader's micro-batches.
     pub data: Duration,
+    /// Forward, backward, and the optimizer update.
     pub compute: Duration,
     /// Packing the last micro-batch's gradients and all-reducing the buckets (overlapped).
     pub allreduce: Duration,
@@ -61,18 +66,23 @@ pub struct StepStats {
 /// Validation result summed over all ranks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
+    /// Samples whose label got the highest logit.
     pub top1_correct: u64,
+    /// Samples whose label was among the five highest logits.
     pub top5_correct: u64,
+    /// Validation samples evaluated.
     pub samples: u64,
     /// Mean cross-entropy (no label smoothing).
     pub loss: f64,
 }
 
 impl Evaluation {
+    /// Top-1 accuracy in [0, 1] (0 when nothing was evaluated).
     pub fn top1(&self) -> f64 {
         self.top1_correct as f64 / self.samples.max(1) as f64
     }
 
+    /// Top-5 accuracy in [0, 1] (0 when nothing was evaluated).
     pub fn top5(&self) -> f64 {
         self.top5_correct as f64 / self.samples.max(1) as f64
     }
@@ -119,7 +129,7 @@ impl<B: TrainBackend> Replica<B> {
         model: Network<B>,
         device: B::Device,
     ) -> anyhow::Result<Self> {
-        let source = source::open(exp)?;
+        let source = data::open(exp)?;
         let counts = (source.len(Split::Train), source.len(Split::Validation));
         let planned = (exp.data.train_samples as u64, exp.data.val_samples as u64);
         if counts != planned {
@@ -130,7 +140,7 @@ impl<B: TrainBackend> Replica<B> {
                 counts.1,
                 planned.0,
                 planned.1,
-                source::data_root(exp).unwrap_or_default()
+                exp.data.root().unwrap_or_default()
             );
         }
         let mut params = params::flatten_params(&model);
@@ -203,10 +213,12 @@ impl<B: TrainBackend> Replica<B> {
         })
     }
 
+    /// This replica's rank in the data-parallel group.
     pub fn rank(&self) -> usize {
         self.collective.rank()
     }
 
+    /// The model with the current parameters.
     pub fn model(&self) -> &Network<B> {
         &self.model
     }

@@ -27,7 +27,7 @@ pub fn experiment() -> Experiment {
     exp.train.batch_size = 4;
     exp.train.max_steps = Some(6);
     exp.train.optimizer.learning_rate = 0.01;
-    exp.validate().expect("test experiment is valid");
+    incept_common::resolve::check(&exp).expect("test experiment is valid");
     exp
 }
 

@@ -7,7 +7,7 @@
 //! comparable across process counts and with a link's raw bandwidth.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -17,20 +17,34 @@ use incept_common::collective::WireFormat;
 use super::allreduce_rank::{CONNECTED, SizeReport};
 use super::run_json_script;
 
-/// What to measure.
-pub struct AllReduceBench<'a> {
+/// What to measure (`coordinator bench allreduce`'s flags).
+#[derive(clap::Args, Debug)]
+pub struct AllReduceBench {
+    /// Rank processes on this machine.
+    #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Bytes of f32 values per all-reduce, in order.
-    pub sizes: Vec<usize>,
+    /// Bytes per all-reduce: a doubling range `1KiB..256MiB` or a list `4,28,4KiB`.
+    #[arg(long, default_value = "1KiB..256MiB", value_parser = parse_sizes)]
+    pub sizes: std::vec::Vec<usize>,
+    /// Wire format: f32, f16 or bf16.
+    #[arg(long, default_value_t = WireFormat::F32)]
     pub wire: WireFormat,
-    pub timeout: Duration,
-    /// Timed iterations per size (0: from the size, see `allreduce_rank::default_iters`).
+    /// Deadline of every collective operation, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    /// Timed iterations per size (0: about 1 GiB per size, 5 to 500).
+    #[arg(long, default_value_t = 0)]
     pub iters: usize,
-    /// Verify results of every operation instead of timing.
+    /// Verify every operation (sum/mean in each wire format, broadcast, barrier) on every size
+    /// instead of timing.
+    #[arg(long)]
     pub check: bool,
-    /// torch.distributed Gloo script printing one JSON line (experiments/baselines/).
-    pub compare: Option<&'a Path>,
-    /// Also measure loopback TCP with iperf3.
+    /// Also run this torch.distributed Gloo script with the same sizes and processes (e.g.
+    /// experiments/baselines/bench_allreduce_gloo.py) and print both side by side.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Also measure loopback TCP bandwidth with iperf3.
+    #[arg(long)]
     pub iperf3: bool,
 }
 
@@ -50,7 +64,7 @@ struct GlooSize {
 /// The size the targets are stated at.
 const HEADLINE_BYTES: usize = 64 << 20;
 
-pub fn run(bench: &AllReduceBench<'_>) -> anyhow::Result<()> {
+pub fn run(bench: &AllReduceBench) -> anyhow::Result<()> {
     if bench.workers < 2 {
         bail!("--workers must be at least 2 (one rank has nothing to all-reduce)");
     }
@@ -68,7 +82,7 @@ pub fn run(bench: &AllReduceBench<'_>) -> anyhow::Result<()> {
     let ours: Vec<f64> = (0..bench.sizes.len())
         .map(|i| reports.iter().map(|r| r[i].seconds).fold(0.0, f64::max))
         .collect();
-    let gloo = match bench.compare {
+    let gloo = match &bench.compare {
         Some(script) => {
             eprintln!("measuring torch.distributed Gloo ({})…", script.display());
             Some(measure_gloo(script, bench)?)
@@ -117,7 +131,7 @@ struct RankProcess {
 }
 
 /// Spawns the ranks, hands them the peer list, and collects their per-size reports.
-fn run_ranks(bench: &AllReduceBench<'_>) -> anyhow::Result<Vec<Vec<SizeReport>>> {
+fn run_ranks(bench: &AllReduceBench) -> anyhow::Result<Vec<Vec<SizeReport>>> {
     let exe = std::env::current_exe().context("locating the coordinator binary")?;
     let sizes: Vec<String> = bench.sizes.iter().map(usize::to_string).collect();
     let mut ranks = Vec::with_capacity(bench.workers);
@@ -129,7 +143,7 @@ fn run_ranks(bench: &AllReduceBench<'_>) -> anyhow::Result<Vec<Vec<SizeReport>>>
             .args(["--world", &bench.workers.to_string()])
             .args(["--sizes", &sizes.join(",")])
             .args(["--wire", &bench.wire.to_string()])
-            .args(["--timeout-s", &bench.timeout.as_secs().to_string()])
+            .args(["--timeout-s", &bench.timeout_s.to_string()])
             .args(["--iters", &bench.iters.to_string()]);
         if bench.check {
             command.arg("--check");
@@ -191,7 +205,7 @@ fn read_line(process: &mut RankProcess, rank: usize) -> anyhow::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
-fn report_check(bench: &AllReduceBench<'_>, reports: &[Vec<SizeReport>]) -> anyhow::Result<()> {
+fn report_check(bench: &AllReduceBench, reports: &[Vec<SizeReport>]) -> anyhow::Result<()> {
     let mut failures = 0;
     println!("{:>12} {:>10}  result", "size (B)", "count");
     for (i, &bytes) in bench.sizes.iter().enumerate() {
@@ -219,7 +233,7 @@ fn report_check(bench: &AllReduceBench<'_>, reports: &[Vec<SizeReport>]) -> anyh
     Ok(())
 }
 
-fn measure_gloo(script: &Path, bench: &AllReduceBench<'_>) -> anyhow::Result<GlooResult> {
+fn measure_gloo(script: &Path, bench: &AllReduceBench) -> anyhow::Result<GlooResult> {
     let sizes: Vec<String> = bench.sizes.iter().map(usize::to_string).collect();
     let (workers, iters) = (bench.workers.to_string(), bench.iters.to_string());
     let result: GlooResult = run_json_script(
@@ -278,7 +292,7 @@ fn bus_factor(workers: usize) -> f64 {
     2.0 * (workers - 1) as f64 / workers as f64
 }
 
-fn print_table(bench: &AllReduceBench<'_>, ours: &[f64], gloo: Option<&GlooResult>) {
+fn print_table(bench: &AllReduceBench, ours: &[f64], gloo: Option<&GlooResult>) {
     let factor = bus_factor(bench.workers);
     println!(
         "all-reduce (mean), {} processes on this machine, {} on the wire; time in µs, bandwidth in GB/s",
@@ -327,7 +341,7 @@ fn print_table(bench: &AllReduceBench<'_>, ours: &[f64], gloo: Option<&GlooResul
 
 /// The comparison at 64 MiB, when that size was measured.
 fn print_headline(
-    bench: &AllReduceBench<'_>,
+    bench: &AllReduceBench,
     ours: &[f64],
     gloo: Option<&GlooResult>,
     iperf: Option<&Iperf>,

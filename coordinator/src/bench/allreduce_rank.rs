@@ -15,17 +15,29 @@ use incept_common::CRC32C;
 use incept_common::collective::{Collective, ReduceOp, Ring, WireFormat};
 use serde::{Deserialize, Serialize};
 
-/// What one rank process does.
+/// What one rank process does (the hidden `bench allreduce-rank`'s flags).
+#[derive(clap::Args, Debug)]
 pub struct RankJob {
+    /// This process's rank.
+    #[arg(long)]
     pub rank: usize,
+    /// Rank processes in all.
+    #[arg(long)]
     pub world: usize,
     /// Buffer sizes in bytes of f32 values, in order.
-    pub sizes: Vec<usize>,
+    #[arg(long, value_parser = super::allreduce::parse_sizes)]
+    pub sizes: std::vec::Vec<usize>,
+    /// Wire format.
+    #[arg(long, default_value_t = WireFormat::F32)]
     pub wire: WireFormat,
-    pub timeout: Duration,
+    /// Deadline of every collective operation, in seconds.
+    #[arg(long)]
+    pub timeout_s: u64,
     /// Verify every operation's result instead of timing all-reduce.
+    #[arg(long)]
     pub check: bool,
     /// Timed iterations per size (0: chosen from the size, the same on every rank).
+    #[arg(long, default_value_t = 0)]
     pub iters: usize,
 }
 
@@ -54,8 +66,13 @@ pub fn run(job: &RankJob) -> anyhow::Result<()> {
     writeln!(stdout, "listening {}", listener.local_addr()?)?;
     stdout.flush()?;
     let peers = read_peers(job.world)?;
-    let mut ring = Ring::connect(job.rank, &peers, listener, job.timeout)
-        .with_context(|| format!("rank {}: connecting the ring", job.rank))?;
+    let mut ring = Ring::connect(
+        job.rank,
+        &peers,
+        listener,
+        Duration::from_secs(job.timeout_s),
+    )
+    .with_context(|| format!("rank {}: connecting the ring", job.rank))?;
     writeln!(stdout, "{CONNECTED}")?;
     stdout.flush()?;
     for &bytes in &job.sizes {

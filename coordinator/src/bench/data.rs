@@ -6,7 +6,7 @@
 //! work and not the disk; T threads each take every T-th file, run one untimed warm-up pass and
 //! then `passes` timed passes, and the time is the wall time until the last thread is done.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -21,15 +21,26 @@ use rand_chacha::ChaCha8Rng;
 
 use super::run_json_script;
 
-/// What to measure.
-pub struct DataBench<'a> {
-    /// An ILSVRC-layout folder; its `train/` images are used.
-    pub path: &'a Path,
+/// What to measure (`coordinator bench data`'s flags).
+#[derive(clap::Args, Debug)]
+pub struct DataBench {
+    /// An ILSVRC-layout folder (its train/ JPEGs are used), e.g. one made by
+    /// experiments/baselines/make_bench_images.py.
+    #[arg(long)]
+    pub path: PathBuf,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Square output side in pixels.
+    #[arg(long, default_value_t = 299)]
     pub image_size: usize,
+    /// Timed passes over the files (after one warm-up pass).
+    #[arg(long, default_value_t = 10)]
     pub passes: usize,
-    /// experiments/baselines/bench_data_torch.py, run with the same settings.
-    pub compare: Option<&'a Path>,
+    /// Also run this PIL + torchvision script on the same files (e.g.
+    /// experiments/baselines/bench_data_torch.py) and print both rows.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
 }
 
 /// The JSON line the baseline script prints.
@@ -54,8 +65,8 @@ impl Measurement {
 }
 
 /// Runs the benchmark and prints the table (and the ratio when comparing).
-pub fn run(bench: &DataBench<'_>) -> anyhow::Result<()> {
-    let folders = ImagenetFolders::open(bench.path, None)?;
+pub fn run(bench: &DataBench) -> anyhow::Result<()> {
+    let folders = ImagenetFolders::open(&bench.path, None)?;
     let files = folders.files(Split::Train);
     let images: Vec<RawImage> = files
         .iter()
@@ -82,7 +93,7 @@ pub fn run(bench: &DataBench<'_>) -> anyhow::Result<()> {
         bench.passes
     );
     let mut rows = vec![measure_incept(bench, &images)?];
-    if let Some(script) = bench.compare {
+    if let Some(script) = &bench.compare {
         eprintln!(
             "measuring the PIL + torchvision baseline ({})…",
             script.display()
@@ -131,7 +142,7 @@ pub fn run(bench: &DataBench<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure_incept(bench: &DataBench<'_>, images: &[RawImage]) -> anyhow::Result<Measurement> {
+fn measure_incept(bench: &DataBench, images: &[RawImage]) -> anyhow::Result<Measurement> {
     let preprocess = Preprocess {
         image_size: bench.image_size,
         augment: AugmentSection::default(),

@@ -2,30 +2,45 @@
 //! this machine, optionally side by side with PyTorch running timm's model in the same run.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use incept_common::collective::{CpuBackend, Ring, TrainBackend};
-use incept_common::config::{DeviceKind, Experiment};
+use incept_common::config::{Arch, DeviceKind, Experiment};
 use incept_common::device::{self, ComputeDevice};
 use incept_common::model::registry;
+use incept_common::resolve;
 use incept_common::train::Replica;
 
 use super::{median, peak_rss_mib, run_json_script, threads};
 
-/// What to measure.
-pub struct StepBench<'a> {
-    pub arch: &'a str,
+/// What to measure (`coordinator bench step`'s flags).
+#[derive(clap::Args, Debug)]
+pub struct StepBench {
+    /// The architecture.
+    #[arg(long, default_value = "inception_resnet_v2")]
+    pub arch: Arch,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Square input side in pixels.
+    #[arg(long, default_value_t = 75)]
     pub image_size: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// What incept computes on (the baseline script is given the same device).
+    /// What incept computes on: cpu, cuda (GPU LOCAL_RANK) or auto (the baseline script is
+    /// given the same device).
+    #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
-    /// A script that runs the same step with PyTorch and prints one JSON line (see
-    /// experiments/baselines/bench_step_torch.py).
-    pub compare: Option<&'a Path>,
+    /// Also run this PyTorch script with the same settings (e.g.
+    /// experiments/baselines/bench_step_torch.py) and print both rows.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
 }
 
 /// The JSON line the baseline script prints.
@@ -46,14 +61,14 @@ struct Measurement {
 }
 
 /// Runs the benchmark and prints the table (and the ratio when comparing).
-pub fn run(bench: &StepBench<'_>) -> anyhow::Result<()> {
+pub fn run(bench: &StepBench) -> anyhow::Result<()> {
     eprintln!(
         "measuring {} × batch {} at {} px: {} warm-up + {} timed steps…",
         bench.arch, bench.batch, bench.image_size, bench.warmup, bench.steps
     );
     let ours = measure_incept(bench)?;
     let mut rows = vec![ours];
-    if let Some(script) = bench.compare {
+    if let Some(script) = &bench.compare {
         eprintln!("measuring the PyTorch baseline ({})…", script.display());
         rows.push(measure_script(script, bench)?);
     }
@@ -77,7 +92,7 @@ pub fn run(bench: &StepBench<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
+fn measure_incept(bench: &StepBench) -> anyhow::Result<Measurement> {
     let compute = device::resolve(bench.device, device::local_rank()?)?;
     match compute {
         ComputeDevice::Cpu => measure_on::<CpuBackend>(
@@ -99,18 +114,18 @@ fn measure_incept(bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
 }
 
 fn measure_on<B: TrainBackend>(
-    bench: &StepBench<'_>,
+    bench: &StepBench,
     device: B::Device,
     label: String,
 ) -> anyhow::Result<Measurement> {
     let mut exp = Experiment::default();
-    exp.model.arch = bench.arch.to_string();
+    exp.model.arch = bench.arch;
     exp.model.num_classes = 1000;
     exp.model.image_size = bench.image_size;
     exp.train.batch_size = bench.batch;
     exp.train.ema_decay = 0.0;
     exp.data.train_samples = bench.batch * (bench.steps + bench.warmup);
-    exp.validate().context("benchmark configuration")?;
+    resolve::check(&exp).context("benchmark configuration")?;
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let peers = [listener.local_addr()?];
@@ -135,14 +150,14 @@ fn measure_on<B: TrainBackend>(
     })
 }
 
-fn measure_script(script: &Path, bench: &StepBench<'_>) -> anyhow::Result<Measurement> {
+fn measure_script(script: &Path, bench: &StepBench) -> anyhow::Result<Measurement> {
     let threads = threads().to_string();
     let (batch, size) = (bench.batch.to_string(), bench.image_size.to_string());
     let (steps, warmup) = (bench.steps.to_string(), bench.warmup.to_string());
     let result: ScriptResult = run_json_script(
         script,
         &[
-            ("--arch", bench.arch),
+            ("--arch", bench.arch.name()),
             ("--batch", &batch),
             ("--image-size", &size),
             ("--steps", &steps),

@@ -18,13 +18,18 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::inception_resnet_v2::{Mixed6a, Mixed7a, ResidualBlock};
-use super::layers::{
+use crate::config::{BlockPreset, ModelSection};
+use crate::model::family::Family;
+use crate::model::layers::{
     Conv, ConvBn, ConvFactory, chain_out_channels, check_side, global_avg_pool, linear,
     max_pool_3x3_s2, min_input_side,
 };
 
 /// Input side the reference network was trained at.
 pub const NATIVE_IMAGE_SIZE: usize = 299;
+
+/// The reference network's scaled blocks per stage (the final unscaled block is `model.final_block`).
+pub const REFERENCE_BLOCKS: [usize; 3] = [5, 10, 4];
 
 /// Hyper-parameters of [`InceptionResNetV1`]; the defaults are the paper's (figure 14/15
 /// layout, 5 / 10 / 5 blocks).
@@ -76,6 +81,33 @@ const VALID_REDUCTIONS: [(usize, usize); 7] = [
 ];
 
 impl InceptionResNetV1Config {
+    /// What the registry needs to know of this family.
+    pub const FAMILY: Family = Family {
+        native_image_size: NATIVE_IMAGE_SIZE,
+        reference_blocks: Some(REFERENCE_BLOCKS),
+        presets: &[
+            (BlockPreset::Paper, [5, 10, 4]),
+            (BlockPreset::Facenet, [5, 10, 5]),
+        ],
+        aux_head: false,
+    };
+
+    /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
+    pub fn from_section(model: &ModelSection) -> Self {
+        let [a, b, c] = Self::FAMILY.block_counts(model);
+        let [scale_a, scale_b, scale_c] = model.residual_scales();
+        InceptionResNetV1Config::new(model.num_classes)
+            .with_width(model.width)
+            // This config counts the final unscaled block among the C blocks.
+            .with_blocks([a, b, c + usize::from(model.final_block)])
+            .with_scale_a(scale_a)
+            .with_scale_b(scale_b)
+            .with_scale_c(scale_c)
+            .with_final_block(model.final_block)
+            .with_dropout(model.dropout)
+            .with_bn_momentum(model.bn_momentum)
+    }
+
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.
     ///
     /// # Panics
@@ -194,12 +226,6 @@ impl<B: Backend> InceptionResNetV1<B> {
             &self.classif,
             self.dropout.forward(global_avg_pool(features)),
         )
-    }
-
-    /// Logits and `None`: Inception-ResNet-v1 has no auxiliary head (same signature as the
-    /// networks that do, for the trainer).
-    pub fn forward_with_aux(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        (self.forward(images), None)
     }
 
     /// The three stage outputs, for feature extraction and shape checks: at 299 they are
@@ -437,8 +463,7 @@ mod tests {
         let model = config.init::<Ad>(&Default::default());
         let [.., features] = model.forward_features(images(2, 75));
         assert_eq!(features.dims(), [2, 224, 1, 1]);
-        let (logits, aux) = model.forward_with_aux(images(2, 75));
-        assert!(aux.is_none());
+        let logits = model.forward(images(2, 75));
         assert_eq!(logits.dims(), [2, 10]);
         let grads = logits.square().mean().backward();
         let stem = model.conv2d_1a.conv.weight.grad(&grads).unwrap();

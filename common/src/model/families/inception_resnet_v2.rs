@@ -13,14 +13,19 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::layers::{
+use crate::config::{BlockPreset, ModelSection};
+use crate::model::family::Family;
+use crate::model::layers::{
     Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, conv2d,
-    global_avg_pool, linear, max_pool_3x3_s2, min_input_side, up_projection,
+    global_avg_pool, linear, max_pool_3x3_s2, min_input_side, run_chain, up_projection,
 };
-use super::probe;
+use crate::model::probe;
 
 /// Input side the reference network was trained at.
 pub const NATIVE_IMAGE_SIZE: usize = 299;
+
+/// The reference network's scaled blocks per stage (the final unscaled block is `model.final_block`).
+pub const REFERENCE_BLOCKS: [usize; 3] = [10, 20, 9];
 
 /// Hyper-parameters of [`InceptionResNetV2`]; the defaults are TF-slim's.
 #[derive(Config, Debug)]
@@ -32,7 +37,7 @@ pub struct InceptionResNetV2Config {
     #[config(default = 1.0)]
     pub width: f64,
     /// Number of Block35 / Block17 / scaled Block8 blocks (released code 10 / 20 / 9; paper 5 / 10 / 5).
-    #[config(default = "[10, 20, 9]")]
+    #[config(default = "REFERENCE_BLOCKS")]
     pub blocks: [usize; 3],
     /// Residual scale of Block35: scaling stops very wide residual nets from "dying" (v4 paper §3.3).
     #[config(default = 0.17)]
@@ -71,6 +76,32 @@ const VALID_REDUCTIONS: [(usize, usize); 7] = [
 ];
 
 impl InceptionResNetV2Config {
+    /// What the registry needs to know of this family.
+    pub const FAMILY: Family = Family {
+        native_image_size: NATIVE_IMAGE_SIZE,
+        reference_blocks: Some(REFERENCE_BLOCKS),
+        presets: &[
+            (BlockPreset::Tfslim, REFERENCE_BLOCKS),
+            (BlockPreset::Paper, [5, 10, 4]),
+        ],
+        aux_head: true,
+    };
+
+    /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
+    pub fn from_section(model: &ModelSection) -> Self {
+        let [scale_a, scale_b, scale_c] = model.residual_scales();
+        InceptionResNetV2Config::new(model.num_classes)
+            .with_width(model.width)
+            .with_blocks(Self::FAMILY.block_counts(model))
+            .with_scale_a(scale_a)
+            .with_scale_b(scale_b)
+            .with_scale_c(scale_c)
+            .with_final_block(model.final_block)
+            .with_dropout(model.dropout)
+            .with_bn_momentum(model.bn_momentum)
+            .with_aux_head(model.aux_head.then_some(model.image_size))
+    }
+
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.
     ///
     /// # Panics
@@ -225,9 +256,13 @@ fn aux_pool_side(size: usize) -> usize {
 /// remaining map (5×5 at 299) → fully connected.
 #[derive(Module, Debug)]
 pub struct AuxHead<B: Backend> {
+    /// Average pool 5×5/3 valid (17 → 5 at 299).
     pub pool: AvgPool2d,
+    /// 128 1×1.
     pub conv2d_1b: ConvBn<B>,
+    /// 768 valid, as large as the pooled map (→ 1×1).
     pub conv2d_2a: ConvBn<B>,
+    /// Fully connected to the auxiliary logits.
     pub logits: Linear<B>,
 }
 
@@ -479,11 +514,6 @@ impl<B: Backend> Mixed7a<B> {
             + chain_out_channels(&self.branch2)
             + in_channels
     }
-}
-
-/// Applies a branch's convolutions in order.
-fn run_chain<B: Backend>(chain: &[ConvBn<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
-    chain.iter().fold(x, |x, conv| conv.forward(x))
 }
 
 /// Applies residual blocks in order.

@@ -4,7 +4,7 @@
 //! timm keeps the whole trunk in one `nn.Sequential`, `features.{0-21}`, and names the
 //! classifier `last_linear`. Here `features` is a `Vec` of [`FeatureBlock`], an enum over the
 //! block kinds, so every block sits at its timm index. burn's module walk names the enum variant
-//! too; our path walkers ([`params::tensor_paths`](super::params::tensor_paths), the importer)
+//! too; our path walkers ([`params::tensor_paths`](crate::model::params::tensor_paths), the importer)
 //! leave it out, so paths are timm's keys (`features.6.branch0.conv.weight`).
 //!
 //! The four-branch Inception-A/-B block and Reduction-A are Inception-ResNet-v2's
@@ -20,13 +20,18 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::inception_resnet_v2::{Mixed5b, Mixed6a};
-use super::layers::{
+use crate::config::ModelSection;
+use crate::model::family::Family;
+use crate::model::layers::{
     Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, global_avg_pool,
-    linear, max_pool_3x3_s2, min_input_side,
+    linear, max_pool_3x3_s2, min_input_side, run_chain,
 };
 
 /// Input side the reference network was trained at.
 pub const NATIVE_IMAGE_SIZE: usize = 299;
+
+/// The reference network's Inception-A, -B and -C blocks.
+pub const REFERENCE_BLOCKS: [usize; 3] = [4, 7, 3];
 
 /// Hyper-parameters of [`InceptionV4`]; the defaults are TF-slim's.
 #[derive(Config, Debug)]
@@ -44,7 +49,7 @@ pub struct InceptionV4Config {
     #[config(default = 0.0003)]
     pub bn_momentum: f64,
     /// Number of Inception-A / -B / -C blocks (paper and released code: 4 / 7 / 3).
-    #[config(default = "[4, 7, 3]")]
+    #[config(default = "REFERENCE_BLOCKS")]
     pub blocks: [usize; 3],
 }
 
@@ -64,6 +69,23 @@ const VALID_REDUCTIONS: [(usize, usize); 7] = [
 type MakeBlock<'a, B> = fn(&Builder<'a, B>, usize) -> FeatureBlock<B>;
 
 impl InceptionV4Config {
+    /// What the registry needs to know of this family.
+    pub const FAMILY: Family = Family {
+        native_image_size: NATIVE_IMAGE_SIZE,
+        reference_blocks: Some(REFERENCE_BLOCKS),
+        presets: &[],
+        aux_head: false,
+    };
+
+    /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
+    pub fn from_section(model: &ModelSection) -> Self {
+        InceptionV4Config::new(model.num_classes)
+            .with_width(model.width)
+            .with_blocks(Self::FAMILY.block_counts(model))
+            .with_dropout(model.dropout)
+            .with_bn_momentum(model.bn_momentum)
+    }
+
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.
     ///
     /// # Panics
@@ -149,12 +171,6 @@ impl<B: Backend> InceptionV4<B> {
             &self.last_linear,
             self.dropout.forward(global_avg_pool(features)),
         )
-    }
-
-    /// Logits and `None`: Inception-v4 has no auxiliary head (same signature as the networks
-    /// that do, for the trainer).
-    pub fn forward_with_aux(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        (self.forward(images), None)
     }
 
     /// The three stage outputs, for feature extraction and shape checks: at 299 they are
@@ -374,11 +390,6 @@ impl<B: Backend> InceptionC<B> {
         .map(|conv| conv.out_channels())
         .sum()
     }
-}
-
-/// Applies a branch's convolutions in order.
-fn run_chain<B: Backend>(chain: &[ConvBn<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
-    chain.iter().fold(x, |x, conv| conv.forward(x))
 }
 
 /// Turns the TF-slim channel plan of Inception-v4 into modules, one [`FeatureBlock`] per
@@ -679,8 +690,7 @@ mod tests {
         let model = config.init::<Ad>(&Default::default());
         let [.., features] = model.forward_features(images(2, 75));
         assert_eq!(features.dims(), [2, 192, 1, 1]);
-        let (logits, aux) = model.forward_with_aux(images(2, 75));
-        assert!(aux.is_none());
+        let logits = model.forward(images(2, 75));
         assert_eq!(logits.dims(), [2, 10]);
         let grads = logits.square().mean().backward();
         let FeatureBlock::Conv(stem) = &model.features[0] else {

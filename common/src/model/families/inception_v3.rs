@@ -14,9 +14,11 @@ use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::layers::{
+use crate::config::ModelSection;
+use crate::model::family::Family;
+use crate::model::layers::{
     Conv, ConvBn, ConvFactory, avg_pool_3x3_same, check_side, global_avg_pool, linear,
-    max_pool_3x3_s2, min_input_side,
+    max_pool_3x3_s2, min_input_side, run_chain,
 };
 
 /// Input side the reference network was trained at.
@@ -76,6 +78,23 @@ const AUX_CONV: usize = 5;
 const AUX_REDUCTIONS: [(usize, usize); 2] = [AUX_POOL, (AUX_CONV, 1)];
 
 impl InceptionV3Config {
+    /// What the registry needs to know of this family.
+    pub const FAMILY: Family = Family {
+        native_image_size: NATIVE_IMAGE_SIZE,
+        reference_blocks: None,
+        presets: &[],
+        aux_head: true,
+    };
+
+    /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
+    pub fn from_section(model: &ModelSection) -> Self {
+        InceptionV3Config::new(model.num_classes)
+            .with_width(model.width)
+            .with_dropout(model.dropout)
+            .with_bn_momentum(model.bn_momentum)
+            .with_aux_head(model.aux_head)
+    }
+
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.
     ///
     /// # Panics
@@ -241,7 +260,7 @@ impl<B: Backend> InceptionV3<B> {
     /// channels scaled by the width.
     pub fn forward_features(&self, images: Tensor<B, 4>) -> [Tensor<B, 4>; 3] {
         let x = run_chain(
-            &[
+            [
                 &self.Conv2d_1a_3x3,
                 &self.Conv2d_2a_3x3,
                 &self.Conv2d_2b_3x3,
@@ -249,7 +268,7 @@ impl<B: Backend> InceptionV3<B> {
             images,
         );
         let x = run_chain(
-            &[&self.Conv2d_3b_1x1, &self.Conv2d_4a_3x3],
+            [&self.Conv2d_3b_1x1, &self.Conv2d_4a_3x3],
             self.maxpool1.forward(x),
         );
         let x = self.maxpool2.forward(x);
@@ -302,9 +321,9 @@ impl<B: Backend> InceptionA<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
             self.branch1x1.forward(x.clone()),
-            run_chain(&[&self.branch5x5_1, &self.branch5x5_2], x.clone()),
+            run_chain([&self.branch5x5_1, &self.branch5x5_2], x.clone()),
             run_chain(
-                &[
+                [
                     &self.branch3x3dbl_1,
                     &self.branch3x3dbl_2,
                     &self.branch3x3dbl_3,
@@ -347,7 +366,7 @@ impl<B: Backend> InceptionB<B> {
         let branches = vec![
             self.branch3x3.forward(x.clone()),
             run_chain(
-                &[
+                [
                     &self.branch3x3dbl_1,
                     &self.branch3x3dbl_2,
                     &self.branch3x3dbl_3,
@@ -399,11 +418,11 @@ impl<B: Backend> InceptionC<B> {
         let branches = vec![
             self.branch1x1.forward(x.clone()),
             run_chain(
-                &[&self.branch7x7_1, &self.branch7x7_2, &self.branch7x7_3],
+                [&self.branch7x7_1, &self.branch7x7_2, &self.branch7x7_3],
                 x.clone(),
             ),
             run_chain(
-                &[
+                [
                     &self.branch7x7dbl_1,
                     &self.branch7x7dbl_2,
                     &self.branch7x7dbl_3,
@@ -441,9 +460,9 @@ impl<B: Backend> InceptionD<B> {
     /// `[N, C, H, W]` → `[N, 320 + 192 + C, H', W']` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
-            run_chain(&[&self.branch3x3_1, &self.branch3x3_2], x.clone()),
+            run_chain([&self.branch3x3_1, &self.branch3x3_2], x.clone()),
             run_chain(
-                &[
+                [
                     &self.branch7x7x3_1,
                     &self.branch7x7x3_2,
                     &self.branch7x7x3_3,
@@ -492,7 +511,7 @@ impl<B: Backend> InceptionE<B> {
     /// `[N, C, H, W]` → `[N, 320 + 2 · 384 + 2 · 384 + 192, H, W]` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branch3x3 = self.branch3x3_1.forward(x.clone());
-        let branch3x3dbl = run_chain(&[&self.branch3x3dbl_1, &self.branch3x3dbl_2], x.clone());
+        let branch3x3dbl = run_chain([&self.branch3x3dbl_1, &self.branch3x3dbl_2], x.clone());
         let branches = vec![
             self.branch1x1.forward(x.clone()),
             self.branch3x3_2a.forward(branch3x3.clone()),
@@ -537,14 +556,9 @@ pub struct InceptionAux<B: Backend> {
 impl<B: Backend> InceptionAux<B> {
     /// Mixed_6e's output → auxiliary logits.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = run_chain(&[&self.conv0, &self.conv1], self.pool.forward(x));
+        let x = run_chain([&self.conv0, &self.conv1], self.pool.forward(x));
         linear(&self.fc, global_avg_pool(x))
     }
-}
-
-/// Applies convolutions in order.
-fn run_chain<B: Backend>(chain: &[&ConvBn<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
-    chain.iter().fold(x, |x, conv| conv.forward(x))
 }
 
 /// Turns the TF-slim channel plan of Inception-v3 into modules.

@@ -29,9 +29,11 @@ use burn::nn::pool::{AvgPool2d, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::layers::{
+use crate::config::ModelSection;
+use crate::model::family::Family;
+use crate::model::layers::{
     Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, global_avg_pool,
-    linear,
+    linear, run_chain,
 };
 
 /// Input side the reference network was trained at.
@@ -59,6 +61,22 @@ pub struct BnInceptionConfig {
 const POOL: usize = 3;
 
 impl BnInceptionConfig {
+    /// What the registry needs to know of this family.
+    pub const FAMILY: Family = Family {
+        native_image_size: NATIVE_IMAGE_SIZE,
+        reference_blocks: None,
+        presets: &[],
+        aux_head: false,
+    };
+
+    /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
+    pub fn from_section(model: &ModelSection) -> Self {
+        BnInceptionConfig::new(model.num_classes)
+            .with_width(model.width)
+            .with_dropout(model.dropout)
+            .with_bn_momentum(model.bn_momentum)
+    }
+
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.
     ///
     /// # Panics
@@ -196,12 +214,6 @@ impl<B: Backend> BnInception<B> {
         )
     }
 
-    /// Logits, and `None`: BN-Inception has no auxiliary classifier (the interface is shared
-    /// with the family members that do).
-    pub fn forward_with_aux(&self, images: Tensor<B, 4>) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-        (self.forward(images), None)
-    }
-
     /// The three stage outputs, for feature extraction and shape checks: at 224 they are
     /// 28×28×320 (3b), 14×14×608 (4d, the input of the 4e reduction) and 7×7×1024 (5b, the
     /// final map), channels scaled by the width.
@@ -291,11 +303,6 @@ impl<B: Backend> InceptionBlock<B> {
                 .as_ref()
                 .map_or(in_channels, ConvBn::out_channels)
     }
-}
-
-/// Applies a branch's convolutions in order.
-fn run_chain<B: Backend>(chain: &[ConvBn<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
-    chain.iter().fold(x, |x, conv| conv.forward(x))
 }
 
 /// Applies Inception blocks in order.
@@ -534,8 +541,7 @@ mod tests {
         let size = config.min_image_size();
         let [.., features] = model.forward_features(images(2, size));
         assert_eq!(features.dims(), [2, 64, 1, 1]);
-        let (logits, aux) = model.forward_with_aux(images(2, size));
-        assert!(aux.is_none());
+        let logits = model.forward(images(2, size));
         assert_eq!(logits.dims(), [2, 10]);
         let grads = logits.square().mean().backward();
         let grad_sum = |grad: Option<Tensor<Flex, 4>>| grad.unwrap().abs().sum().into_scalar();

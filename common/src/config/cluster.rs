@@ -1,0 +1,126 @@
+//! `[cluster]`: how many workers, where they meet, what they compute on and how they talk.
+
+use serde::{Deserialize, Serialize};
+
+use crate::collective::{WireFormat, bucket};
+
+/// How workers are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launcher {
+    /// The coordinator spawns `world_size` worker processes on this machine.
+    Local,
+    /// Workers are started elsewhere (`worker --coordinator URL --token T`).
+    External,
+}
+
+/// Processes, addresses and timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Who starts the workers.
+    pub launcher: Launcher,
+    /// Number of data-parallel replicas.
+    pub world_size: usize,
+    /// Address the coordinator's gRPC API binds (port 0: ephemeral).
+    pub bind: String,
+    /// How long the rendezvous waits for every rank to join.
+    pub join_timeout_s: u64,
+    /// How often each worker reports that it is alive.
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this long is declared lost and fails the run.
+    pub heartbeat_timeout_s: u64,
+    /// Deadline of every collective operation (ring connection, all-reduce, broadcast).
+    pub collective_timeout_s: u64,
+    /// How workers all-reduce gradients.
+    pub backend: CollectiveBackend,
+    /// Gradient bucket size: bucket `k` is all-reduced while bucket `k + 1` is packed.
+    /// (Fractions allowed: tests use small buckets to exercise several on tiny models.)
+    pub bucket_mib: f64,
+    /// Format gradients travel in between workers: `f32` (exact), or `f16`/`bf16` to halve
+    /// the traffic at some precision (the reduction itself stays in f32).
+    pub gradient_wire: WireFormat,
+    /// CPU threads each locally launched worker computes with.
+    pub threads_per_worker: usize,
+    /// What each worker computes on: `cpu`, `cuda` (GPU `LOCAL_RANK`), or `auto` (cuda where
+    /// the preflight finds a driver, a GPU and NVRTC; else cpu).
+    pub device: DeviceKind,
+    /// GPUs of one node: the local launcher gives its worker `i` `LOCAL_RANK = i % gpus_per_node`
+    /// (two workers share GPU 0 with the default 1).
+    pub gpus_per_node: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            launcher: Launcher::Local,
+            world_size: 1,
+            bind: "127.0.0.1:0".into(),
+            join_timeout_s: 120,
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_s: 60,
+            collective_timeout_s: 300,
+            backend: CollectiveBackend::Ring,
+            bucket_mib: bucket::DEFAULT_BUCKET_MIB,
+            gradient_wire: WireFormat::F32,
+            threads_per_worker: 1,
+            device: DeviceKind::Cpu,
+            gpus_per_node: 1,
+        }
+    }
+}
+
+impl ClusterSection {
+    /// `bucket_mib` in whole bytes.
+    pub fn bucket_bytes(&self) -> usize {
+        bucket::mib_to_bytes(self.bucket_mib)
+    }
+}
+
+/// What a worker computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// burn's flex backend on the CPU.
+    Cpu,
+    /// burn's CUDA backend on GPU `LOCAL_RANK` (workers built with the `cuda` feature).
+    Cuda,
+    /// CUDA where the preflight passes, else the CPU.
+    Auto,
+}
+
+impl DeviceKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Auto];
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        DeviceKind::ALL
+            .into_iter()
+            .find(|kind| kind.to_string() == name)
+            .ok_or_else(|| format!("unknown device {name:?}; known: cpu, cuda, auto"))
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Auto => "auto",
+        })
+    }
+}
+
+/// The communicator between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectiveBackend {
+    /// TCP ring on the CPUs: works everywhere.
+    Ring,
+    /// NCCL on the GPUs: workers built with the `cuda` feature, one GPU each.
+    Nccl,
+}

@@ -1,0 +1,121 @@
+//! The checks that span domains, above [`crate::config`], [`crate::model`] and [`crate::data`]:
+//! an experiment's model knobs against its architecture, its image size against the network,
+//! the files it reads, and the sample counts of the dataset it names. The coordinator runs them
+//! before any worker starts; workers receive the resolved experiment.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{self, ConfigError, DataSource, Experiment, Problem, ValidationErrors};
+use crate::data::{self, Source, Split};
+use crate::model::registry;
+
+/// Reads `file` with its environment and `--set` layers ([`config::read`]) and [`check`]s it.
+pub fn load(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
+    let experiment = config::read(file, overrides)?;
+    check(&experiment).map_err(|source| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    Ok(experiment)
+}
+
+/// Checks every value on its own ([`Experiment::validate`]) and the model knobs against the
+/// architecture; returns all problems at once, each naming its key.
+pub fn check(exp: &Experiment) -> Result<(), ValidationErrors> {
+    let mut problems = exp.validate().err().unwrap_or_default().0;
+    let m = &exp.model;
+    if let Err(rule) = registry::check_knobs(m) {
+        problems.push(Problem::new("model", m.arch, rule));
+    } else if let Err(rule) = registry::check_image_size(m) {
+        problems.push(Problem::new("model.image_size", m.image_size, rule));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationErrors(problems))
+    }
+}
+
+/// Files and folders the run reads, each with the key that names it: checked before any
+/// worker starts.
+pub fn required_paths(exp: &Experiment) -> Vec<(&'static str, PathBuf)> {
+    let mut paths = Vec::new();
+    match (exp.data.source, exp.data.root()) {
+        (DataSource::Imagenet, Some(root)) => {
+            paths.push(("data.path", root.join("train")));
+            paths.push(("data.path", root.join("val")));
+        }
+        (DataSource::Tfrecord, Some(root)) => {
+            paths.push(("data.path", root.join(data::shards::INDEX_FILE)));
+        }
+        (DataSource::FashionMnist, Some(root)) => paths.push(("data.path", root)),
+        _ => {}
+    }
+    if let Some(weights) = &exp.model.init_from {
+        paths.push(("model.init_from", weights.clone()));
+    }
+    paths
+}
+
+/// Opens the dataset and fixes the experiment's sample counts to it (file-backed sources), so
+/// that steps per epoch and the run length are those of the real data; checks the result.
+pub fn open_dataset(exp: &mut Experiment) -> anyhow::Result<Arc<dyn Source>> {
+    let source = data::open(exp)?;
+    if exp.data.source != DataSource::Synthetic {
+        exp.data.train_samples = source.len(Split::Train) as usize;
+        exp.data.val_samples = source.len(Split::Validation) as usize;
+        if let Err(problems) = check(exp) {
+            anyhow::bail!(
+                "the dataset at {} does not fit the experiment:\n{problems}",
+                exp.data.root().unwrap_or_default().display()
+            );
+        }
+    }
+    Ok(source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("exp.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[cluster]\nworld_size = 0\n[train]\nbatch_size = 0\n[train.optimizer]\nlearning_rate = -0.1\n[model]\nresidual_scale = -0.2\n";
+        let err = load(&write(&dir, text), &[]).unwrap_err().to_string();
+        for key in [
+            "cluster.world_size = 0",
+            "train.batch_size = 0",
+            "train.optimizer.learning_rate = -0.1",
+            "model.residual_scale = -0.2",
+        ] {
+            assert!(err.contains(key), "missing {key} in {err}");
+        }
+    }
+
+    #[test]
+    fn data_keys_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[data]\nsource = \"tfrecord\"\nthreads = 0\n[data.augment]\n\
+                    area_range = [0.0, 1.0]\naspect_range = [1.5, 0.5]\neval_crop = 1.5\n";
+        let err = load(&write(&dir, text), &[]).unwrap_err().to_string();
+        for key in [
+            "data.path = (unset)",
+            "data.threads = 0",
+            "data.augment.area_range = [0.0, 1.0]",
+            "data.augment.aspect_range = [1.5, 0.5]",
+            "data.augment.eval_crop = 1.5",
+        ] {
+            assert!(err.contains(key), "missing {key} in {err}");
+        }
+        let err = load(&write(&dir, "[data]\nsource = \"lmdb\"\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("lmdb"), "{err}");
+    }
+}

@@ -1,0 +1,148 @@
+//! The command line: every subcommand and flag, as clap parses them. `main` dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use incept_common::config::Arch;
+
+use crate::{bench, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Distributed training orchestrator for the Inception family"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a run from an experiment file and follow it to the end.
+    Launch {
+        /// Experiment TOML, e.g. experiments/quickstart.toml.
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        experiment: Option<PathBuf>,
+        /// Continue a stopped run from its latest valid committed checkpoint.
+        #[arg(long, value_name = "RUN_ID", conflicts_with = "overrides")]
+        resume: Option<String>,
+        /// Override a key: --set train.batch_size=16 (repeatable; applied after INCEPT__* env vars).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Where runs, checkpoints, logs and the run database live.
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Print an experiment as resolved from file, environment and overrides.
+    Config {
+        experiment: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Act as a worker (what the local launcher runs when no `worker` binary is installed).
+    #[command(hide = true)]
+    Worker(incept_worker::WorkerArgs),
+    /// The architectures this build knows: parameters, MACs, input size, stage shapes.
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsCommand>,
+        /// Only this architecture.
+        #[arg(long)]
+        arch: Option<Arch>,
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+    },
+    /// Datasets: pack ILSVRC folders into TFRecord shards, index shards, inspect an index.
+    Dataset {
+        #[command(subcommand)]
+        action: DatasetCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// List the runs of a state directory.
+    Runs {
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Convert a timm checkpoint (safetensors) into incept weights for `model.init_from`.
+    Import {
+        #[arg(long)]
+        arch: Arch,
+        /// timm state dict saved with safetensors.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// Where to write the incept weights (safetensors keyed by incept's module paths).
+        #[arg(long)]
+        out: PathBuf,
+        /// Classes of the checkpoint's classifier (timm: 1000; TF-slim ports: 1001).
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+        /// Channel multiplier the checkpoint was made with.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Block counts the checkpoint was made with, e.g. 10,20,9 (default: the reference).
+        #[arg(long, value_delimiter = ',')]
+        blocks: Option<Vec<usize>>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetCommand {
+    /// Write an ILSVRC folder (train/<wnid>/*.JPEG, val/) as TFRecord shards plus index.json.
+    Pack {
+        /// The ILSVRC-layout folder.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// Ground truth of a flat val/: one wnid per image, in file-name order.
+        #[arg(long)]
+        val_labels: Option<PathBuf>,
+        /// Output folder (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training shards (the paper's setup: 1024).
+        #[arg(long, default_value_t = 1024)]
+        shards: usize,
+        /// Validation shards (default: shards / 8, at least 1; the paper's setup: 128).
+        #[arg(long)]
+        val_shards: Option<usize>,
+        /// Seeds the order of images across shards: same seed, same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Verify every record of train-*/validation-* shards made elsewhere and write index.json.
+    Index { dir: PathBuf },
+    /// Print a shard folder's index: shards, images, bytes, class balance.
+    Inspect { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// On a GPU: all-reduce a flat tensor through NCCL in its own device memory, bucket by
+    /// bucket, and check every value (needs --features cuda, a GPU and libnccl).
+    NcclInplace {
+        /// Values in the flat tensor.
+        #[arg(long, default_value_t = 10_000_000)]
+        len: usize,
+        /// Bucket size in MiB (fractions allowed).
+        #[arg(long, default_value_t = incept_common::collective::bucket::DEFAULT_BUCKET_MIB)]
+        bucket_mib: f64,
+    },
+    /// Training-step images/s and peak memory (forward, loss, backward, optimizer).
+    Step(bench::step::StepBench),
+    /// Input-pipeline images/s: decode + Inception crop + flip + resize + normalise.
+    Data(bench::data::DataBench),
+    /// All-reduce time, algbw and busbw per size across real rank processes (as nccl-tests).
+    Allreduce(bench::allreduce::AllReduceBench),
+    /// One rank process of `bench allreduce` (spawned by it).
+    #[command(hide = true)]
+    AllreduceRank(bench::allreduce_rank::RankJob),
+}

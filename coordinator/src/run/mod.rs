@@ -1,0 +1,177 @@
+//! `coordinator launch`: creates the run, serves the gRPC API, starts (or waits for) workers,
+//! and follows the run to its end, recording everything in the run database.
+//!
+//! [`prepare`] turns an experiment file or a run id into a run ready to start, [`monitor`]
+//! follows its events and workers, and [`report`] records and prints how it ended.
+
+mod monitor;
+mod prepare;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use incept_common::config::Launcher;
+use incept_common::fsutil::write_atomic;
+use incept_common::proto::EvaluationReport;
+use tokio::sync::mpsc::{self};
+
+use crate::launcher::{LocalWorkers, WorkerCommand};
+use crate::rendezvous::Rendezvous;
+use crate::service::{self, RunContext};
+
+use self::monitor::Monitor;
+use self::prepare::{Prepared, Resume, data_plan, prepare_new, prepare_resume};
+use self::report::report;
+
+/// Name of the run database inside the state directory.
+pub const DATABASE: &str = "incept.db";
+
+/// How a run ended.
+#[derive(Debug)]
+enum Outcome {
+    Succeeded(EvaluationReport),
+    Failed(String),
+    Interrupted,
+}
+
+/// What `launch` starts.
+pub enum Start<'a> {
+    /// A new run of an experiment file, with `--set` overrides.
+    New {
+        experiment: &'a Path,
+        overrides: &'a [String],
+    },
+    /// A stopped run, continued from its latest valid committed checkpoint.
+    Resume { run_id: &'a str },
+}
+
+/// Starts (or resumes) a run, follows it to completion and returns the process exit code.
+pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let Prepared {
+        mut store,
+        exp,
+        run_id,
+        run_dir,
+        resolved,
+        resume_from,
+        layout,
+    } = match start {
+        Start::New {
+            experiment,
+            overrides,
+        } => prepare_new(experiment, overrides, state_dir)?,
+        Start::Resume { run_id } => prepare_resume(run_id, state_dir)?,
+    };
+    let worker_bin = match exp.cluster.launcher {
+        Launcher::Local => Some(WorkerCommand::locate()?),
+        Launcher::External => None,
+    };
+    let token = new_token();
+    write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
+    let total_steps = exp.total_steps();
+    if let Some(Resume { step, path, .. }) = &resume_from {
+        store.reopen_run(&run_id)?;
+        let message = format!("resuming from step {step} ({})", path.display());
+        store.event(&run_id, "info", &message)?;
+        println!("{message}");
+    }
+
+    let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
+        .await
+        .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(RunContext {
+        run_id: run_id.clone(),
+        experiment_toml: resolved,
+        world_size: exp.cluster.world_size as u32,
+        total_steps,
+        heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
+        checkpoint_dir: run_dir.join("checkpoints").display().to_string(),
+        resume_from: resume_from
+            .as_ref()
+            .map(|r| r.path.display().to_string())
+            .unwrap_or_default(),
+        data_plan: data_plan(&layout, resume_from.as_ref()),
+        join_timeout: Duration::from_secs(exp.cluster.join_timeout_s),
+        rendezvous: Rendezvous::new(exp.cluster.world_size),
+        events,
+        stopping: AtomicBool::new(false),
+    });
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service::server(ctx.clone(), token.clone()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = shutdown_rx.await;
+                },
+            ),
+    );
+
+    println!(
+        "run {run_id}: {} × {} ({} steps, global batch {}), coordinator at {url}",
+        exp.cluster.world_size,
+        exp.model.arch,
+        total_steps,
+        exp.global_batch()
+    );
+    println!("state: {}", run_dir.display());
+    let mut workers = match worker_bin {
+        Some(bin) => Some(LocalWorkers::spawn(
+            &bin,
+            &exp.cluster,
+            &url,
+            &token,
+            &run_dir,
+        )?),
+        None => {
+            println!(
+                "waiting for {} workers; start each with:\n  INCEPT_TOKEN={token} worker --coordinator {url}",
+                exp.cluster.world_size
+            );
+            None
+        }
+    };
+
+    let started = Instant::now();
+    let mut monitor = Monitor::new(&exp, &ctx, &mut store, workers.as_mut());
+    let outcome = monitor.follow(events_rx).await;
+    let final_loss = monitor.last_loss;
+    drop(monitor);
+
+    ctx.stopping.store(true, Ordering::Relaxed);
+    if let Some(workers) = workers.as_mut() {
+        match outcome {
+            Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
+            _ => workers.kill().await,
+        }
+    }
+    let _ = shutdown.send(());
+    let _ = server.await;
+    let elapsed = started.elapsed().as_secs_f64();
+    report(
+        &store, &run_id, &run_dir, &exp, outcome, final_loss, elapsed,
+    )
+}
+
+/// A random 128-bit join token, hex-encoded.
+fn new_token() -> String {
+    rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Default state directory.
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("runs")
+}

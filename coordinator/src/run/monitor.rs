@@ -1,0 +1,197 @@
+//! Following a run: its workers' events, heartbeats and processes, until it succeeds, fails
+//! or is interrupted.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use incept_common::config::Experiment;
+use incept_common::proto::WorkerResult;
+use incept_common::train::checkpoint;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::launcher::LocalWorkers;
+use crate::progress::Progress;
+use crate::service::{Event, RunContext};
+use crate::store::{Store, rates};
+
+use super::Outcome;
+
+/// Follows a run's events and the health of its workers.
+pub(super) struct Monitor<'a> {
+    ctx: &'a RunContext,
+    store: &'a mut Store,
+    workers: Option<&'a mut LocalWorkers>,
+    progress: Progress,
+    heartbeat_timeout: Duration,
+    join_deadline: Instant,
+    last_seen: Vec<Option<Instant>>,
+    results: Vec<Option<WorkerResult>>,
+    pub(super) last_loss: f64,
+    keep_checkpoints: usize,
+}
+
+impl<'a> Monitor<'a> {
+    pub(super) fn new(
+        exp: &Experiment,
+        ctx: &'a RunContext,
+        store: &'a mut Store,
+        workers: Option<&'a mut LocalWorkers>,
+    ) -> Self {
+        let world = exp.cluster.world_size;
+        Self {
+            ctx,
+            store,
+            workers,
+            progress: Progress::new(exp.total_steps()),
+            heartbeat_timeout: Duration::from_secs(exp.cluster.heartbeat_timeout_s),
+            join_deadline: Instant::now() + Duration::from_secs(exp.cluster.join_timeout_s),
+            last_seen: vec![None; world],
+            results: vec![None; world],
+            last_loss: f64::NAN,
+            keep_checkpoints: exp.checkpoint.keep,
+        }
+    }
+
+    pub(super) async fn follow(&mut self, mut events: UnboundedReceiver<Event>) -> Outcome {
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let outcome = loop {
+            let step = tokio::select! {
+                Some(event) = events.recv() => self.on_event(event),
+                _ = ticker.tick() => Ok(self.check_health()),
+                _ = &mut interrupted => Ok(Some(Outcome::Interrupted)),
+            };
+            match step {
+                Ok(Some(outcome)) => break outcome,
+                Ok(None) => {}
+                Err(err) => break Outcome::Failed(format!("recording the run failed: {err:#}")),
+            }
+        };
+        self.progress.finish();
+        outcome
+    }
+
+    fn on_event(&mut self, event: Event) -> anyhow::Result<Option<Outcome>> {
+        let run_id = &self.ctx.run_id;
+        match event {
+            Event::Joined { rank, request } => {
+                self.last_seen[rank as usize] = Some(Instant::now());
+                self.store.record_worker(run_id, rank, &request)?;
+                self.progress.println(&format!(
+                    "rank {rank} joined: {} (pid {}, ring {})",
+                    request.hostname, request.pid, request.ring_addr
+                ));
+            }
+            Event::Heartbeat { rank } => self.last_seen[rank as usize] = Some(Instant::now()),
+            Event::Metrics { rank, steps } => {
+                self.last_seen[rank as usize] = Some(Instant::now());
+                self.store.insert_metrics(run_id, rank, &steps)?;
+                for (step, probe) in steps
+                    .iter()
+                    .filter(|_| rank == 0)
+                    .filter_map(|m| m.probe.as_ref().map(|p| (m.step, p)))
+                {
+                    let ratios: Vec<String> = probe
+                        .residual_ratios
+                        .iter()
+                        .map(|r| format!("{r:.3}"))
+                        .collect();
+                    self.progress.println(&format!(
+                        "probe at step {step}: {:.2}% of the final feature map is zero; \
+                         residual/shortcut per stage [{}]",
+                        100.0 * probe.dead_fraction,
+                        ratios.join(", ")
+                    ));
+                }
+                if let Some(last) = steps.iter().filter(|_| rank == 0).max_by_key(|m| m.step) {
+                    self.last_loss = last.loss;
+                    self.progress
+                        .update(last.step, last.loss, last.images_per_sec);
+                }
+            }
+            Event::Evaluation(eval) => {
+                self.store.record_evaluation(run_id, &eval)?;
+                let [top1, top5] = rates(&eval);
+                self.progress.println(&format!(
+                    "evaluation at step {}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
+                    eval.step,
+                    100.0 * top1,
+                    100.0 * top5,
+                    eval.loss
+                ));
+            }
+            Event::Checkpoint(report) => self.commit_checkpoint(report.step, &report.path)?,
+            Event::Finished(result) => {
+                let rank = result.rank as usize;
+                if !result.error.is_empty() {
+                    return Ok(Some(Outcome::Failed(format!(
+                        "rank {rank} failed after {} steps: {}",
+                        result.steps_done, result.error
+                    ))));
+                }
+                self.results[rank] = Some(result);
+                if self.results.iter().all(Option::is_some) {
+                    // Every rank all-reduced the same totals; rank 0's stand for the run.
+                    let final_eval = self.results[0].as_ref().and_then(|r| r.evaluation);
+                    return Ok(final_eval.map(Outcome::Succeeded));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Verifies a checkpoint rank 0 wrote, commits it, and prunes beyond `checkpoint.keep`.
+    fn commit_checkpoint(&mut self, step: u64, path: &str) -> anyhow::Result<()> {
+        let run_id = &self.ctx.run_id;
+        let dir = PathBuf::from(path);
+        match checkpoint::verify_position(&dir) {
+            Ok((found, _)) if found == step => {}
+            Ok((found, _)) => {
+                bail!("checkpoint {path} holds step {found}, reported as step {step}")
+            }
+            Err(err) => {
+                let message = format!("checkpoint of step {step} not committed: {err}");
+                self.progress.println(&message);
+                return self.store.event(run_id, "warn", &message);
+            }
+        }
+        self.store.commit_checkpoint(run_id, step, &dir)?;
+        let root = dir.parent().unwrap_or(Path::new("."));
+        for removed in checkpoint::prune(root, self.keep_checkpoints)? {
+            self.store.remove_checkpoint(run_id, removed)?;
+        }
+        self.progress
+            .println(&format!("checkpoint step {step} committed: {path}"));
+        Ok(())
+    }
+
+    fn check_health(&mut self) -> Option<Outcome> {
+        if let Some(failure) = self.workers.as_mut().and_then(|w| w.failure()) {
+            return Some(Outcome::Failed(failure));
+        }
+        if !self.ctx.rendezvous.is_complete() && Instant::now() > self.join_deadline {
+            return Some(Outcome::Failed(format!(
+                "rendezvous timed out: {} of {} workers joined within {} s (cluster.join_timeout_s)",
+                self.ctx.rendezvous.joined_count(),
+                self.ctx.world_size,
+                self.ctx.join_timeout.as_secs()
+            )));
+        }
+        let silent =
+            self.last_seen
+                .iter()
+                .zip(&self.results)
+                .enumerate()
+                .find(|(_, (seen, result))| {
+                    result.is_none() && seen.is_some_and(|t| t.elapsed() > self.heartbeat_timeout)
+                });
+        silent.map(|(rank, _)| {
+            Outcome::Failed(format!(
+                "rank {rank} sent no heartbeat for {} s (cluster.heartbeat_timeout_s)",
+                self.heartbeat_timeout.as_secs()
+            ))
+        })
+    }
+}

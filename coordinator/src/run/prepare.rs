@@ -1,0 +1,207 @@
+//! Turning an experiment file (a new run) or a run id (a resumed one) into a run ready to
+//! start: its id, folder, resolved experiment, dataset layout and starting checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use incept_common::config::{Experiment, Launcher};
+use incept_common::data::{DataPosition, ShardLayout};
+use incept_common::fsutil::write_atomic;
+use incept_common::proto::DataPlan;
+use incept_common::resolve;
+use incept_common::train::checkpoint;
+
+use crate::launcher::{self};
+use crate::store::{RunStatus, Store};
+
+use super::DATABASE;
+
+/// Where a resumed run continues.
+pub(super) struct Resume {
+    pub(super) step: u64,
+    pub(super) path: PathBuf,
+    pub(super) position: DataPosition,
+}
+
+/// A run ready to start: its experiment, identity and starting point.
+pub(super) struct Prepared {
+    pub(super) store: Store,
+    pub(super) exp: Experiment,
+    pub(super) run_id: String,
+    pub(super) run_dir: PathBuf,
+    pub(super) resolved: String,
+    /// Checkpoint to continue from, if resuming.
+    pub(super) resume_from: Option<Resume>,
+    /// How the training split is sharded, for the epoch plan.
+    pub(super) layout: ShardLayout,
+}
+
+/// Validates a new experiment and creates its run: folder, resolved config, database row.
+pub(super) fn prepare_new(
+    experiment: &Path,
+    overrides: &[String],
+    state_dir: &Path,
+) -> anyhow::Result<Prepared> {
+    let mut exp = resolve::load(experiment, overrides)?;
+    let origin = experiment.display().to_string();
+    if exp.cluster.launcher == Launcher::Local {
+        launcher::check_local_devices(&exp.cluster)?;
+    }
+    check_data_paths(&exp, &origin)?;
+    let layout = open_dataset(&mut exp, &origin)?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let store = Store::open(&state_dir.join(DATABASE))?;
+    let run_id = new_run_id(&exp.run.name);
+    let run_dir = run_dir(state_dir, &run_id)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    let resolved = exp.to_toml();
+    write_atomic(&run_dir.join("config.toml"), resolved.as_bytes(), 0o644)?;
+    store.create_run(
+        &run_id,
+        &exp.run.name,
+        &resolved,
+        exp.cluster.world_size,
+        exp.total_steps(),
+    )?;
+    Ok(Prepared {
+        store,
+        exp,
+        run_id,
+        run_dir,
+        resolved,
+        resume_from: None,
+        layout,
+    })
+}
+
+/// Loads a stopped run and picks the newest committed checkpoint that verifies.
+pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
+    let database = state_dir.join(DATABASE);
+    if !database.is_file() {
+        bail!("no run database at {}", database.display());
+    }
+    let store = Store::open(&database)?;
+    let Some((resolved, status)) = store
+        .run_config(run_id)
+        .with_context(|| format!("reading {}", database.display()))?
+    else {
+        bail!(
+            "no run {run_id:?} in {}",
+            state_dir.join(DATABASE).display()
+        );
+    };
+    if status == RunStatus::Succeeded {
+        bail!("run {run_id} already succeeded; nothing to resume");
+    }
+    let exp = Experiment::from_toml(&resolved)?;
+    let origin = format!("run {run_id}");
+    check_data_paths(&exp, &origin)?;
+    let mut reopened = exp.clone();
+    let layout = open_dataset(&mut reopened, &origin)?;
+    if reopened.data != exp.data {
+        bail!(
+            "the dataset of {origin} changed since it started: {} training and {} validation \
+             images now, {} and {} then",
+            reopened.data.train_samples,
+            reopened.data.val_samples,
+            exp.data.train_samples,
+            exp.data.val_samples
+        );
+    }
+    let mut resume_from = None;
+    for (step, path) in store.checkpoints(run_id)? {
+        match checkpoint::verify_position(&path) {
+            Ok((found, position)) if found == step => {
+                resume_from = Some(Resume {
+                    step,
+                    path,
+                    position,
+                });
+                break;
+            }
+            Ok((found, _)) => tracing::warn!(
+                step,
+                found,
+                "checkpoint manifest names another step; skipped"
+            ),
+            Err(err) => {
+                let message = format!("checkpoint of step {step} is unusable: {err}");
+                eprintln!("{message}");
+                store.event(run_id, "warn", &message)?;
+            }
+        }
+    }
+    let Some(resume_from) = resume_from else {
+        bail!("run {run_id} has no valid committed checkpoint to resume from");
+    };
+    Ok(Prepared {
+        store,
+        exp,
+        run_id: run_id.to_string(),
+        run_dir: run_dir(state_dir, run_id)?,
+        resolved,
+        resume_from: Some(resume_from),
+        layout,
+    })
+}
+
+/// The run's folder, absolute: workers (possibly elsewhere) write checkpoints into it.
+fn run_dir(state_dir: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
+    std::path::absolute(state_dir.join(run_id))
+        .with_context(|| format!("resolving the state directory {}", state_dir.display()))
+}
+
+/// Fails before any worker starts when a file or folder the run reads is missing.
+fn check_data_paths(exp: &Experiment, origin: &str) -> anyhow::Result<()> {
+    for (key, path) in resolve::required_paths(exp) {
+        if !path.exists() {
+            bail!("{} does not exist ({key} in {origin})", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Opens the dataset before any worker starts, fixing the experiment's sample counts to it;
+/// returns the training split's layout.
+fn open_dataset(exp: &mut Experiment, origin: &str) -> anyhow::Result<ShardLayout> {
+    let source =
+        resolve::open_dataset(exp).with_context(|| format!("opening the dataset of {origin}"))?;
+    Ok(source.train_layout())
+}
+
+/// The epoch plan every rank receives.
+pub(super) fn data_plan(layout: &ShardLayout, resume: Option<&Resume>) -> DataPlan {
+    let (start_step, position) =
+        resume.map_or((0, DataPosition::default()), |r| (r.step, r.position));
+    DataPlan {
+        train_shards: layout.sizes.clone(),
+        shuffle_buffer: layout.shuffle_buffer,
+        start_step,
+        start_epoch: position.epoch,
+        start_offset: position.offset,
+    }
+}
+
+/// `<name>-<UTC time>-<4 hex>`: sortable, readable, unique enough for one state dir.
+fn new_run_id(name: &str) -> String {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let compact: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{safe}-{}-{}-{:04x}",
+        &compact[..8],
+        &compact[8..14],
+        rand::random::<u16>()
+    )
+}

@@ -1,0 +1,64 @@
+//! How a run ended: recorded in the run database, summarised on the console, and turned into
+//! the exit code.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use incept_common::config::Experiment;
+
+use crate::progress::human;
+use crate::store::{RunStatus, Store, rates};
+
+use super::{DATABASE, Outcome};
+
+/// Records the outcome, prints the summary, and picks the exit code.
+pub(super) fn report(
+    store: &Store,
+    run_id: &str,
+    run_dir: &Path,
+    exp: &Experiment,
+    outcome: Outcome,
+    final_loss: f64,
+    elapsed: f64,
+) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Outcome::Succeeded(eval) => {
+            store.finish_run(run_id, RunStatus::Succeeded, Some(&eval), None)?;
+            let [top1, top5] = rates(&eval);
+            let images = exp.total_steps() as f64 * exp.global_batch() as f64;
+            println!("run {run_id} succeeded in {}", human(elapsed));
+            println!(
+                "  steps {} ({} workers × batch {} × accumulate {})",
+                exp.total_steps(),
+                exp.cluster.world_size,
+                exp.train.batch_size,
+                exp.train.accumulate
+            );
+            println!("  final training loss {final_loss:.4}");
+            println!(
+                "  validation top-1 {:.2}%, top-5 {:.2}% ({} images), loss {:.4}",
+                100.0 * top1,
+                100.0 * top5,
+                eval.samples,
+                eval.loss
+            );
+            println!(
+                "  throughput {:.1} images/s (whole run, all workers)",
+                images / elapsed
+            );
+            println!("  database {}", run_dir.with_file_name(DATABASE).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed(error) => {
+            store.finish_run(run_id, RunStatus::Failed, None, Some(&error))?;
+            store.event(run_id, "error", &error)?;
+            eprintln!("run {run_id} failed: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+        Outcome::Interrupted => {
+            store.finish_run(run_id, RunStatus::Interrupted, None, Some("interrupted"))?;
+            eprintln!("run {run_id} interrupted; workers stopped");
+            Ok(ExitCode::from(130))
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! `coordinator runs`: the runs of a state directory, one line each.
+
+use std::path::Path;
+
+use crate::{run, store};
+
+/// Prints every run of the state directory's database: id, status, world size, steps, top-1.
+pub fn list(state_dir: &Path) -> anyhow::Result<()> {
+    let db = state_dir.join(run::DATABASE);
+    if !db.is_file() {
+        anyhow::bail!("no run database at {}", db.display());
+    }
+    let runs = store::Store::open(&db)?.runs()?;
+    println!(
+        "{:<44} {:<12} {:>5} {:>13} {:>8}",
+        "run", "status", "world", "steps", "top-1"
+    );
+    for r in runs {
+        let top1 = r
+            .val_top1
+            .map_or("-".into(), |v| format!("{:.2}%", 100.0 * v));
+        let steps = format!("{}/{}", r.steps_done.unwrap_or(0), r.total_steps);
+        println!(
+            "{:<44} {:<12} {:>5} {:>13} {:>8}",
+            r.id, r.status, r.world_size, steps, top1
+        );
+    }
+    Ok(())
+}
