@@ -79,11 +79,7 @@ pub fn open_dataset(exp: &mut Experiment) -> anyhow::Result<Arc<dyn Source>> {
 mod tests {
     use super::*;
 
-    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
-        let path = dir.path().join("exp.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
+    use crate::testing::experiment_file as write;
 
     #[test]
     fn invalid_values_are_all_reported_by_key() {

@@ -8,8 +8,22 @@ use std::path::{Path, PathBuf};
 
 /// Each top-level module with the modules it must not import (outside its unit tests).
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    ("fsutil", &["config", "model", "data", "resolve", "train", "collective", "device"]),
-    ("collective", &["config", "model", "data", "resolve", "train", "device"]),
+    (
+        "fsutil",
+        &[
+            "config",
+            "model",
+            "data",
+            "resolve",
+            "train",
+            "collective",
+            "device",
+        ],
+    ),
+    (
+        "collective",
+        &["config", "model", "data", "resolve", "train", "device"],
+    ),
     ("config", &["model", "data", "resolve", "train", "device"]),
     ("model", &["data", "resolve", "train", "device"]),
     ("data", &["model", "resolve", "train", "device"]),
@@ -35,7 +49,11 @@ fn files_of(src: &Path, name: &str) -> Vec<PathBuf> {
             }
         }
     }
-    assert!(!files.is_empty(), "module {name} has no files under {}", src.display());
+    assert!(
+        !files.is_empty(),
+        "module {name} has no files under {}",
+        src.display()
+    );
     files
 }
 
@@ -74,5 +92,9 @@ fn modules_import_only_what_lies_below_them() {
             }
         }
     }
-    assert!(arrows_up.is_empty(), "imports against the layering:\n{}", arrows_up.join("\n"));
+    assert!(
+        arrows_up.is_empty(),
+        "imports against the layering:\n{}",
+        arrows_up.join("\n")
+    );
 }

@@ -4,6 +4,8 @@
 //! A library so that the `coordinator` binary can also act as a worker (`coordinator worker`)
 //! when no `worker` binary sits next to it, e.g. after `cargo run --bin coordinator`.
 
+#![warn(missing_docs)]
+
 mod communicator;
 mod session;
 mod training;

@@ -137,11 +137,7 @@ mod tests {
     use super::*;
     use crate::config::{DEFAULT_RESIDUAL_SCALES, Launcher, ScheduleKind, WarmupKind};
 
-    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
-        let path = dir.path().join("exp.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
+    use crate::testing::experiment_file as write;
 
     const SMALL: &str =
         "[model]\narch = \"inception_resnet_v2\"\nnum_classes = 10\nimage_size = 75\n";

@@ -74,9 +74,13 @@ impl Pipeline {
     }
 }
 
+/// Mixed into the run's seed so that augmentation draws from a stream of its own, apart from
+/// the epoch plans' (whatever the value, it must never change: resumed runs replay it).
+const AUGMENT_SEED_SALT: u64 = 0xA06_3E47;
+
 /// The augmentation RNG of one sample in one epoch.
 fn sample_rng(seed: u64, epoch: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA06_3E47);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ AUGMENT_SEED_SALT);
     rng.set_stream(epoch);
     rng.set_word_pos(u128::from(index) << 16);
     rng

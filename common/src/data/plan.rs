@@ -105,8 +105,13 @@ fn shuffle_buffered(
     out
 }
 
+/// Mixed into the run's seed so that epoch plans draw from a stream of their own, apart from
+/// augmentation's (whatever the value, it must never change: resumed runs replay it).
+const PLAN_SEED_SALT: u64 = 0x5EED_0FE9;
+
+/// The RNG of one epoch's plan; `purpose` keeps the shard order and the in-buffer shuffle apart.
 fn epoch_rng(seed: u64, epoch: u64, purpose: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0FE9);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ PLAN_SEED_SALT);
     rng.set_stream(epoch * 2 + purpose);
     rng
 }

@@ -12,7 +12,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -145,6 +145,15 @@ pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     let [inputs, outputs] = layer.weight.dims();
     add_macs((n * inputs * outputs) as u64);
     layer.forward(x)
+}
+
+/// The classifier every family ends with: global average pool, dropout, fully connected.
+pub fn pool_and_classify<B: Backend>(
+    features: Tensor<B, 4>,
+    dropout: &Dropout,
+    classifier: &Linear<B>,
+) -> Tensor<B, 2> {
+    linear(classifier, dropout.forward(global_avg_pool(features)))
 }
 
 thread_local! {

@@ -563,10 +563,13 @@ fn with_flat_params<B: TrainBackend>(
     params::load_flat_params(model, flat, B::InnerBackend::HOST_MEMORY)
 }
 
+/// splitmix64's increment (2^64 / φ), which spreads consecutive steps over the seed space.
+const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// A well-mixed seed for the backend RNG of one (run, step, rank).
 fn step_seed(seed: u64, step: u64, rank: usize) -> u64 {
-    let mut x = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rank as u64).rotate_left(32);
-    // splitmix64 finaliser
+    let mut x = seed ^ step.wrapping_mul(SPLITMIX_GAMMA) ^ (rank as u64).rotate_left(32);
+    // splitmix64's finaliser (its published multipliers)
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)

@@ -32,8 +32,8 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::config::ModelSection;
 use crate::model::family::Family;
 use crate::model::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, global_avg_pool,
-    linear, run_chain,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side,
+    pool_and_classify, run_chain,
 };
 
 /// Input side the reference network was trained at.
@@ -208,10 +208,7 @@ impl<B: Backend> BnInception<B> {
     /// [`BnInceptionConfig::check_image_size`]); 224 is the native resolution.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let [.., features] = self.forward_features(images);
-        linear(
-            &self.last_linear,
-            self.dropout.forward(global_avg_pool(features)),
-        )
+        pool_and_classify(features, &self.dropout, &self.last_linear)
     }
 
     /// The three stage outputs, for feature extraction and shape checks: at 224 they are

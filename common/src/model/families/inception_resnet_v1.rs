@@ -21,8 +21,8 @@ use super::inception_resnet_v2::{Mixed6a, Mixed7a, ResidualBlock};
 use crate::config::{BlockPreset, ModelSection};
 use crate::model::family::Family;
 use crate::model::layers::{
-    Conv, ConvBn, ConvFactory, chain_out_channels, check_side, global_avg_pool, linear,
-    max_pool_3x3_s2, min_input_side,
+    Conv, ConvBn, ConvFactory, chain_out_channels, check_side, max_pool_3x3_s2, min_input_side,
+    pool_and_classify,
 };
 
 /// Input side the reference network was trained at.
@@ -222,10 +222,7 @@ impl<B: Backend> InceptionResNetV1<B> {
     /// [`InceptionResNetV1Config::check_image_size`]); 299 is the native resolution.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let [.., features] = self.forward_features(images);
-        linear(
-            &self.classif,
-            self.dropout.forward(global_avg_pool(features)),
-        )
+        pool_and_classify(features, &self.dropout, &self.classif)
     }
 
     /// The three stage outputs, for feature extraction and shape checks: at 299 they are

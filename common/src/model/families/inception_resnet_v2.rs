@@ -16,8 +16,8 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::config::{BlockPreset, ModelSection};
 use crate::model::family::Family;
 use crate::model::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, conv2d,
-    global_avg_pool, linear, max_pool_3x3_s2, min_input_side, run_chain, up_projection,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, conv2d, linear,
+    max_pool_3x3_s2, min_input_side, pool_and_classify, run_chain, up_projection,
 };
 use crate::model::probe;
 
@@ -295,10 +295,7 @@ impl<B: Backend> InceptionResNetV2<B> {
     }
 
     fn classify(&self, features: Tensor<B, 4>) -> Tensor<B, 2> {
-        linear(
-            &self.classif,
-            self.dropout.forward(global_avg_pool(features)),
-        )
+        pool_and_classify(features, &self.dropout, &self.classif)
     }
 
     /// The four stage outputs, for feature extraction and shape checks: at 299 they are

@@ -18,7 +18,7 @@ use crate::config::ModelSection;
 use crate::model::family::Family;
 use crate::model::layers::{
     Conv, ConvBn, ConvFactory, avg_pool_3x3_same, check_side, global_avg_pool, linear,
-    max_pool_3x3_s2, min_input_side, run_chain,
+    max_pool_3x3_s2, min_input_side, pool_and_classify, run_chain,
 };
 
 /// Input side the reference network was trained at.
@@ -252,7 +252,7 @@ impl<B: Backend> InceptionV3<B> {
     }
 
     fn classify(&self, features: Tensor<B, 4>) -> Tensor<B, 2> {
-        linear(&self.fc, self.dropout.forward(global_avg_pool(features)))
+        pool_and_classify(features, &self.dropout, &self.fc)
     }
 
     /// The three stage outputs, for feature extraction and shape checks: at 299 they are

@@ -23,8 +23,8 @@ use super::inception_resnet_v2::{Mixed5b, Mixed6a};
 use crate::config::ModelSection;
 use crate::model::family::Family;
 use crate::model::layers::{
-    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, global_avg_pool,
-    linear, max_pool_3x3_s2, min_input_side, run_chain,
+    Conv, ConvBn, ConvFactory, avg_pool_3x3_same, chain_out_channels, check_side, max_pool_3x3_s2,
+    min_input_side, pool_and_classify, run_chain,
 };
 
 /// Input side the reference network was trained at.
@@ -167,10 +167,7 @@ impl<B: Backend> InceptionV4<B> {
     /// [`InceptionV4Config::check_image_size`]); 299 is the native resolution.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let [.., features] = self.forward_features(images);
-        linear(
-            &self.last_linear,
-            self.dropout.forward(global_avg_pool(features)),
-        )
+        pool_and_classify(features, &self.dropout, &self.last_linear)
     }
 
     /// The three stage outputs, for feature extraction and shape checks: at 299 they are
