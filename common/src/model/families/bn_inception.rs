@@ -427,7 +427,7 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len};
-    use crate::model::test_support::images;
+    use crate::model::test_support::{assert_image_size_limit, images};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::Distribution;
@@ -502,10 +502,7 @@ mod tests {
     fn image_size_limit() {
         let config = BnInceptionConfig::new(10);
         assert_eq!(config.min_image_size(), 11);
-        assert!(config.check_image_size(NATIVE_IMAGE_SIZE).is_ok());
-        assert!(config.check_image_size(11).is_ok());
-        let err = config.check_image_size(10).unwrap_err();
-        assert!(err.contains("minimum is 11"), "{err}");
+        assert_image_size_limit(|size| config.check_image_size(size), 11, NATIVE_IMAGE_SIZE);
     }
 
     #[test]

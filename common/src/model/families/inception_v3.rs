@@ -732,7 +732,7 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len};
-    use crate::model::test_support::images;
+    use crate::model::test_support::{assert_image_size_limit, images};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
     use burn::tensor::{Distribution, TensorData};
@@ -865,10 +865,7 @@ mod tests {
     fn image_size_limit() {
         let config = InceptionV3Config::new(10);
         assert_eq!(config.min_image_size(), 75);
-        assert!(config.check_image_size(NATIVE_IMAGE_SIZE).is_ok());
-        assert!(config.check_image_size(75).is_ok());
-        let err = config.check_image_size(74).unwrap_err();
-        assert!(err.contains("minimum is 75"), "{err}");
+        assert_image_size_limit(|size| config.check_image_size(size), 75, NATIVE_IMAGE_SIZE);
 
         // The aux head's 5×5/3 pool and 5×5 conv need a 17×17 map: exactly the native size.
         let config = config.with_aux_head(true);

@@ -525,7 +525,7 @@ mod tests {
     use super::*;
     use crate::model::layers::count_macs;
     use crate::model::params::{tensor_paths, trainable_len};
-    use crate::model::test_support::images;
+    use crate::model::test_support::{assert_gradients_flow, assert_image_size_limit, images};
     use burn::backend::{Autodiff, Flex};
     use burn::module::AutodiffModule;
 
@@ -673,10 +673,7 @@ mod tests {
     fn image_size_limit() {
         let config = InceptionV4Config::new(10);
         assert_eq!(config.min_image_size(), 75);
-        assert!(config.check_image_size(NATIVE_IMAGE_SIZE).is_ok());
-        assert!(config.check_image_size(75).is_ok());
-        let err = config.check_image_size(74).unwrap_err();
-        assert!(err.contains("minimum is 75"), "{err}");
+        assert_image_size_limit(|size| config.check_image_size(size), 75, NATIVE_IMAGE_SIZE);
     }
 
     #[test]
@@ -699,10 +696,7 @@ mod tests {
         let stem = stem.conv.weight.grad(&grads).unwrap();
         let split = block_c.branch2_3b.conv.weight.grad(&grads).unwrap();
         let classifier = model.last_linear.weight.grad(&grads).unwrap();
-        for grad in [stem.abs().sum(), split.abs().sum(), classifier.abs().sum()] {
-            let value = grad.into_scalar();
-            assert!(value.is_finite() && value > 0.0, "gradient sum {value}");
-        }
+        assert_gradients_flow([stem.abs().sum(), split.abs().sum(), classifier.abs().sum()]);
         // The inference copy (running statistics, no dropout) runs as well.
         let logits = model.valid().forward(images(2, 75));
         assert_eq!(logits.dims(), [2, 10]);
