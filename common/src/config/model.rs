@@ -6,43 +6,44 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// An architecture of the family. An unknown name is a parse error listing the known ones; the
-/// model registry matches on this exhaustively, so a new family cannot be half-added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "&'static str")]
-pub enum Arch {
-    /// BN-Inception (Inception-v2 of the Inception-v4 paper), 224 px.
-    BnInception,
-    /// Inception-v3, 299 px.
-    InceptionV3,
-    /// Inception-v4, 299 px.
-    InceptionV4,
-    /// Inception-ResNet-v1, 299 px.
-    InceptionResNetV1,
-    /// Inception-ResNet-v2, 299 px: the paper's main network.
-    InceptionResNetV2,
+/// Declares [`Arch`] from one line per family: its doc, variant and name, so the variant, the
+/// list of all and the names cannot drift apart.
+macro_rules! architectures {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// An architecture of the family. An unknown name is a parse error listing the known
+        /// ones; the model registry matches on this exhaustively, so a new family cannot be
+        /// half-added.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "&'static str")]
+        pub enum Arch {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Arch {
+            /// Every architecture, in the order `coordinator models` lists them.
+            pub const ALL: &'static [Arch] = &[$(Arch::$variant),*];
+
+            /// The name configs and the command line use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Arch::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl Arch {
-    /// Every architecture, in the order `coordinator models` lists them.
-    pub const ALL: [Arch; 5] = [
-        Arch::BnInception,
-        Arch::InceptionV3,
-        Arch::InceptionV4,
-        Arch::InceptionResNetV1,
-        Arch::InceptionResNetV2,
-    ];
-
-    /// The name configs and the command line use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::BnInception => "bn_inception",
-            Arch::InceptionV3 => "inception_v3",
-            Arch::InceptionV4 => "inception_v4",
-            Arch::InceptionResNetV1 => "inception_resnet_v1",
-            Arch::InceptionResNetV2 => "inception_resnet_v2",
-        }
-    }
+architectures! {
+    /// BN-Inception (Inception-v2 of the Inception-v4 paper), 224 px.
+    BnInception => "bn_inception",
+    /// Inception-v3, 299 px.
+    InceptionV3 => "inception_v3",
+    /// Inception-v4, 299 px.
+    InceptionV4 => "inception_v4",
+    /// Inception-ResNet-v1, 299 px.
+    InceptionResNetV1 => "inception_resnet_v1",
+    /// Inception-ResNet-v2, 299 px: the paper's main network.
+    InceptionResNetV2 => "inception_resnet_v2",
 }
 
 impl fmt::Display for Arch {
@@ -56,7 +57,8 @@ impl FromStr for Arch {
 
     fn from_str(name: &str) -> Result<Self, String> {
         Arch::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|arch| arch.name() == name)
             .ok_or_else(|| {
                 let known: Vec<&str> = Arch::ALL.iter().map(|arch| arch.name()).collect();
@@ -183,7 +185,7 @@ mod tests {
 
     #[test]
     fn arch_names_round_trip_and_unknown_names_list_the_known() {
-        for arch in Arch::ALL {
+        for &arch in Arch::ALL {
             assert_eq!(arch.name().parse::<Arch>(), Ok(arch));
         }
         let err = "resnet50".parse::<Arch>().unwrap_err();

@@ -1,44 +1,49 @@
 //! Architectures → constructors, so configs and the CLI can name a network, and [`Network`],
 //! the one module type every architecture trains as.
 //!
-//! Every match here is on [`Arch`] and exhaustive: a new family added to the enum does not
-//! compile until it is wired in, and no name falls back to another network.
+//! Every match here is generated from one list of the families (`families!`) and is exhaustive
+//! on [`Arch`]: a family added to the enum does not compile until it has its line, and no name
+//! falls back to another network.
 
 use burn::prelude::*;
 
-use super::families::bn_inception::{BnInception, BnInceptionConfig};
-use super::families::inception_resnet_v1::{InceptionResNetV1, InceptionResNetV1Config};
-use super::families::inception_resnet_v2::{InceptionResNetV2, InceptionResNetV2Config};
-use super::families::inception_v3::{InceptionV3, InceptionV3Config};
-use super::families::inception_v4::{InceptionV4, InceptionV4Config};
+use super::families;
 use super::family::Family;
 use super::probe;
 use crate::config::{Arch, ModelSection};
 
+/// The families, one line each: the [`Arch`] variant (also the network's type and its
+/// [`Network`] variant), the file under [`families`], and the config type. Hands the list to
+/// `$callback!`, followed by `;` and the caller's arguments, so that every match below is
+/// generated from this one list.
+macro_rules! families {
+    ($callback:ident! $($args:tt)*) => {
+        $callback! {
+            [BnInception, bn_inception, BnInceptionConfig],
+            [InceptionV3, inception_v3, InceptionV3Config],
+            [InceptionV4, inception_v4, InceptionV4Config],
+            [InceptionResNetV1, inception_resnet_v1, InceptionResNetV1Config],
+            [InceptionResNetV2, inception_resnet_v2, InceptionResNetV2Config];
+            $($args)*
+        }
+    };
+}
+
 /// Runs the same expression with `$Config` bound to the config type of `$arch`'s family.
 macro_rules! with_family {
     ($arch:expr, $Config:ident => $body:expr) => {
+        families!(match_arch! $arch, $Config => $body)
+    };
+}
+
+/// [`with_family`]'s match, one arm per family.
+macro_rules! match_arch {
+    ($([$variant:ident, $file:ident, $FamilyConfig:ident]),*; $arch:expr, $Config:ident => $body:expr) => {
         match $arch {
-            Arch::BnInception => {
-                type $Config = BnInceptionConfig;
+            $(Arch::$variant => {
+                type $Config = families::$file::$FamilyConfig;
                 $body
-            }
-            Arch::InceptionV3 => {
-                type $Config = InceptionV3Config;
-                $body
-            }
-            Arch::InceptionV4 => {
-                type $Config = InceptionV4Config;
-                $body
-            }
-            Arch::InceptionResNetV1 => {
-                type $Config = InceptionResNetV1Config;
-                $body
-            }
-            Arch::InceptionResNetV2 => {
-                type $Config = InceptionResNetV2Config;
-                $body
-            }
+            })*
         }
     };
 }
@@ -53,7 +58,8 @@ pub fn native_image_size(arch: Arch) -> usize {
     family(arch).native_image_size
 }
 
-/// Any network of the family, as one burn module (module paths are the variant's own).
+/// Any network of the family, as one burn module (module paths are the variant's own). Each
+/// variant is named after its [`Arch`] and holds the network of the same name.
 #[derive(Module, Debug)]
 #[expect(
     clippy::large_enum_variant,
@@ -61,26 +67,44 @@ pub fn native_image_size(arch: Arch) -> usize {
 )]
 pub enum Network<B: Backend> {
     /// [`Arch::BnInception`].
-    BnInception(BnInception<B>),
+    BnInception(families::bn_inception::BnInception<B>),
     /// [`Arch::InceptionV3`].
-    InceptionV3(InceptionV3<B>),
+    InceptionV3(families::inception_v3::InceptionV3<B>),
     /// [`Arch::InceptionV4`].
-    InceptionV4(InceptionV4<B>),
+    InceptionV4(families::inception_v4::InceptionV4<B>),
     /// [`Arch::InceptionResNetV1`].
-    InceptionResNetV1(InceptionResNetV1<B>),
+    InceptionResNetV1(families::inception_resnet_v1::InceptionResNetV1<B>),
     /// [`Arch::InceptionResNetV2`].
-    InceptionResNetV2(InceptionResNetV2<B>),
+    InceptionResNetV2(families::inception_resnet_v2::InceptionResNetV2<B>),
 }
+
+/// Each family's network goes into its [`Network`] variant.
+macro_rules! into_network {
+    ($([$variant:ident, $file:ident, $FamilyConfig:ident]),*;) => {
+        $(
+            impl<B: Backend> From<families::$file::$variant<B>> for Network<B> {
+                fn from(network: families::$file::$variant<B>) -> Self {
+                    Network::$variant(network)
+                }
+            }
+        )*
+    };
+}
+
+families!(into_network!);
 
 /// Runs the same expression on whichever architecture `$network` holds.
 macro_rules! on_each {
     ($network:expr, $net:ident => $body:expr) => {
+        families!(match_network! $network, $net => $body)
+    };
+}
+
+/// [`on_each`]'s match, one arm per family.
+macro_rules! match_network {
+    ($([$variant:ident, $file:ident, $FamilyConfig:ident]),*; $network:expr, $net:ident => $body:expr) => {
         match $network {
-            Network::BnInception($net) => $body,
-            Network::InceptionV3($net) => $body,
-            Network::InceptionV4($net) => $body,
-            Network::InceptionResNetV1($net) => $body,
-            Network::InceptionResNetV2($net) => $body,
+            $(Network::$variant($net) => $body,)*
         }
     };
 }
@@ -159,25 +183,6 @@ pub fn build<B: Backend>(model: &ModelSection, device: &B::Device) -> Network<B>
     with_family!(model.arch, Config => Config::from_section(model).init(device).into())
 }
 
-/// Wraps each family's network in its [`Network`] variant.
-macro_rules! into_network {
-    ($($variant:ident),*) => {$(
-        impl<B: Backend> From<$variant<B>> for Network<B> {
-            fn from(network: $variant<B>) -> Self {
-                Network::$variant(network)
-            }
-        }
-    )*};
-}
-
-into_network!(
-    BnInception,
-    InceptionV3,
-    InceptionV4,
-    InceptionResNetV1,
-    InceptionResNetV2
-);
-
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
@@ -252,7 +257,7 @@ mod tests {
 
     #[test]
     fn every_architecture_builds_and_classifies() {
-        for arch in Arch::ALL {
+        for &arch in Arch::ALL {
             let model = section(arch);
             check_image_size(&model).unwrap();
             let net = build::<Flex>(&model, &Default::default());
