@@ -355,7 +355,8 @@ pub(crate) mod tests {
             matches!(error, CollectiveError::Aborted { rank: 0 }),
             "{error}"
         );
-        assert!(*elapsed < Duration::from_secs(1), "abort took {elapsed:?}");
+        // Unblocked by the abort, not by the deadline (a loaded machine may be slow to switch).
+        assert!(*elapsed < long / 2, "abort took {elapsed:?}");
         assert!(matches!(again, CollectiveError::Aborted { .. }), "{again}");
     }
 
