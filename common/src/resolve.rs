@@ -13,9 +13,9 @@ use crate::model::registry;
 /// Reads `file` with its environment and `--set` layers ([`config::read`]) and [`check`]s it.
 pub fn load(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
     let experiment = config::read(file, overrides)?;
-    check(&experiment).map_err(|source| ConfigError::Invalid {
+    check(&experiment).map_err(|problems| ConfigError::Invalid {
         file: file.to_path_buf(),
-        source,
+        problems,
     })?;
     Ok(experiment)
 }
@@ -113,5 +113,22 @@ mod tests {
         }
         let err = load(&write(&dir, "[data]\nsource = \"lmdb\"\n"), &[]).unwrap_err();
         assert!(err.to_string().contains("lmdb"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(&write(&dir, "[train]\nbatch_size = 0\n"), &[]).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("train.batch_size = 0").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn an_unknown_arch_is_only_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[model]\narch = \"resnet50\"\nblocks = [1, 1, 1]\n";
+        let err = load(&write(&dir, text), &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown architecture \"resnet50\""), "{err}");
+        assert!(!err.contains("block counts"), "{err}");
     }
 }

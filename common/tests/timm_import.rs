@@ -199,6 +199,19 @@ fn missing_files_name_the_path() {
 }
 
 #[test]
+fn a_file_that_is_not_safetensors_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weights.pt");
+    // A PyTorch zip archive's first bytes read as an absurd safetensors header length.
+    fs::write(&path, b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl").unwrap();
+    let err = load_timm(small_conv(), &path).unwrap_err().to_string();
+    assert!(
+        err.contains("weights.pt: not a valid safetensors file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn own_checkpoints_round_trip_exactly() {
     // The timm fixture gives every tensor, running statistics included, non-default values.
     let net = load_timm(network(0.0625), &fixture("full")).unwrap();

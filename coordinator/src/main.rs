@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         return incept_worker::main_with(args);
     }
     incept_common::logging::init("warn");
+    if only_prints(&cli.command) {
+        end_quietly_on_closed_pipe();
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -137,5 +140,29 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(_) => unreachable!("handled before logging is set up"),
+    }
+}
+
+/// Commands that only print to stdout and hold no socket: a reader that goes away (`| head`)
+/// ends them, as it ends `ls`.
+fn only_prints(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Config { .. }
+            | Command::Runs { .. }
+            | Command::Models { action: None, .. }
+            | Command::Dataset {
+                action: DatasetCommand::Inspect { .. }
+            }
+    )
+}
+
+/// Restores the default SIGPIPE action, which Rust's runtime sets to "ignore": a write into a
+/// closed pipe then ends the process silently instead of panicking in `println!`. Only for
+/// [`only_prints`] commands: training processes must see a dead peer's socket as an error.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: called before any thread is spawned; SIG_DFL is a valid action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -7,10 +7,11 @@ use std::path::Path;
 use anyhow::Context;
 use burn::backend::Flex;
 use burn::prelude::*;
-use incept_common::config::{Arch, ModelSection};
+use incept_common::config::{Arch, Experiment, ModelSection};
 use incept_common::model::layers::count_macs;
 use incept_common::model::params::trainable_len;
 use incept_common::model::{import, registry};
+use incept_common::resolve;
 
 /// One row of the table, measured on a freshly built network at its native resolution.
 struct Row {
@@ -24,6 +25,10 @@ struct Row {
 /// Prints name, parameters, multiply-accumulates, native input size and stage output shapes
 /// for every architecture (or one), each measured by running the network once.
 pub fn list(only: Option<Arch>, num_classes: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        num_classes >= 2,
+        "--num-classes must be at least 2, got {num_classes}"
+    );
     let archs = only.map_or(Arch::ALL.to_vec(), |arch| vec![arch]);
     println!(
         "{:<20} {:>12} {:>16} {:>6}  stage outputs (H×W×C)",
@@ -111,8 +116,12 @@ pub fn import_target(
         blocks,
         ..ModelSection::default()
     };
-    registry::check_knobs(&section).map_err(anyhow::Error::msg)?;
-    Ok(section)
+    let exp = Experiment {
+        model: section,
+        ..Experiment::default()
+    };
+    resolve::check(&exp).context("the checkpoint's --num-classes, --width or --blocks")?;
+    Ok(exp.model)
 }
 
 /// Converts a timm checkpoint (safetensors) into incept weights at `out`.

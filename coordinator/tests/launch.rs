@@ -633,6 +633,10 @@ fn packed_shards_train_two_workers_and_count_a_corrupt_image() {
     let out = run_with_limit(launch, Duration::from_secs(300));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("training image(s) that do not decode"),
+        "the console says images are skipped: {stderr}"
+    );
     // 49 images / (2 workers × 8) = 3 steps per epoch, the remainder of 1 dropped.
     assert!(stdout.contains("steps 6 "), "{stdout}");
     assert!(
@@ -709,4 +713,43 @@ fn cuda_on_a_machine_without_a_gpu_stops_before_any_worker_starts() {
         assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
     }
     assert!(!fx.state_dir().exists(), "nothing was created for the run");
+}
+
+#[test]
+fn a_dataset_in_which_nothing_decodes_fails_the_run() {
+    use incept_common::data::testing::write_imagenet;
+
+    let fx = Fixture::new("");
+    let images = fx.dir.path().join("imagenet");
+    write_imagenet(&images, 4).unwrap();
+    for split in ["train", "val"] {
+        for class in std::fs::read_dir(images.join(split)).unwrap() {
+            for file in std::fs::read_dir(class.unwrap().path()).unwrap() {
+                std::fs::write(file.unwrap().path(), b"not a JPEG at all").unwrap();
+            }
+        }
+    }
+    let experiment = ON_SHARDS
+        .replace("source = \"tfrecord\"", "source = \"imagenet\"")
+        .replace("SHARDS", &images.display().to_string())
+        .replace("world_size = 2", "world_size = 1")
+        .replace("batch_size = 8", "batch_size = 4");
+    std::fs::write(fx.experiment(), experiment).unwrap();
+    let mut launch = fx.coordinator(&["launch"]);
+    launch.arg(fx.experiment());
+    let out = run_with_limit(launch, Duration::from_secs(120));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("none of this rank's 4 images could be used"),
+        "{stderr}"
+    );
+    let status: String = fx
+        .db()
+        .query_row("SELECT status FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "failed");
 }

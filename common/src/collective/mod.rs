@@ -93,31 +93,31 @@ pub enum CollectiveError {
     #[error("invalid collective call: {0}")]
     Invalid(String),
     /// The next rank's listener could not be reached before the deadline.
-    #[error("rank {rank}: connecting to the next rank at {peer} failed: {source}")]
+    #[error("rank {rank}: connecting to the next rank at {peer} failed: {error}")]
     Connect {
         /// Rank that tried to connect.
         rank: usize,
         /// Listening address of the next rank.
         peer: SocketAddr,
-        /// The OS error, or a timeout.
-        source: io::Error,
+        /// The OS error, or a timeout (part of the message, so not a separate cause).
+        error: io::Error,
     },
     /// The previous rank did not connect to this rank's listener before the deadline.
-    #[error("rank {rank}: accepting the previous rank's connection on {addr} failed: {source}")]
+    #[error("rank {rank}: accepting the previous rank's connection on {addr} failed: {error}")]
     Accept {
         /// Rank that was waiting for the connection.
         rank: usize,
         /// This rank's own listening address.
         addr: SocketAddr,
-        /// The OS error, or a timeout.
-        source: io::Error,
+        /// The OS error, or a timeout (part of the message, so not a separate cause).
+        error: io::Error,
     },
     /// A peer answered with an unexpected rank or world size.
     #[error("ring handshake failed: {0}")]
     Handshake(String),
     /// Sending to or receiving from a neighbour failed, passed the deadline, or found the peer
     /// gone.
-    #[error("rank {rank}: {op} with {peer} failed: {source}")]
+    #[error("rank {rank}: {op} with {peer} failed: {error}")]
     Io {
         /// Rank that failed.
         rank: usize,
@@ -125,8 +125,8 @@ pub enum CollectiveError {
         op: &'static str,
         /// Address of the neighbour involved.
         peer: SocketAddr,
-        /// The OS error, or a timeout.
-        source: io::Error,
+        /// The OS error, or a timeout (part of the message, so not a separate cause).
+        error: io::Error,
     },
     /// A neighbour sent a message of another length or wire format: ranks disagree on the call.
     #[error(
@@ -164,4 +164,28 @@ pub enum CollectiveError {
         /// NCCL's error string.
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_not_repeated() {
+        let error = CollectiveError::Io {
+            rank: 1,
+            op: "receiving",
+            peer: "127.0.0.1:9".parse().unwrap(),
+            error: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection",
+            ),
+        };
+        let text = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(
+            text.matches("the peer closed the connection").count(),
+            1,
+            "{text}"
+        );
+    }
 }

@@ -75,6 +75,12 @@ impl Experiment {
         check.non_negative("data.noise", d.noise);
         check.at_least("data.val_samples", d.val_samples, 1);
         check.at_least("data.shuffle_buffer", d.shuffle_buffer, 1);
+        check.require(
+            (0.0..=1.0).contains(&d.max_bad_fraction),
+            "data.max_bad_fraction",
+            d.max_bad_fraction,
+            "must be in [0, 1]",
+        );
         check.at_least("data.threads", d.threads, 1);
         check.at_least("data.prefetch", d.prefetch, 1);
         let a = &d.augment;

@@ -46,6 +46,10 @@ pub struct DataSection {
     /// `tfrecord`: samples in the shuffle buffer after the per-epoch shard shuffle. Other
     /// sources are shuffled whole.
     pub shuffle_buffer: usize,
+    /// The fraction of training images that may fail to decode (each is skipped, logged and
+    /// counted); above it, once 1,000 have been seen, the run fails. A step in which no image
+    /// decodes fails at once.
+    pub max_bad_fraction: f64,
     /// Threads each worker decodes and augments with.
     pub threads: usize,
     /// Ready batches each loader thread keeps ahead.
@@ -65,6 +69,7 @@ impl Default for DataSection {
             val_labels: None,
             background_class: false,
             shuffle_buffer: 10_000,
+            max_bad_fraction: 0.01,
             threads: 2,
             prefetch: 2,
             augment: AugmentSection::default(),

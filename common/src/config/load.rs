@@ -16,6 +16,11 @@ pub enum ConfigError {
     /// The experiment file is not there.
     #[error("experiment file {0} does not exist")]
     Missing(PathBuf),
+    /// The path names a directory (or something else that is not a file).
+    #[error(
+        "experiment file {0} is not a file (a TOML experiment, e.g. experiments/quickstart.toml)"
+    )]
+    NotAFile(PathBuf),
     /// The file is not TOML (the message has the line and column).
     #[error("{file}: malformed TOML: {message}")]
     Parse {
@@ -25,10 +30,11 @@ pub enum ConfigError {
         message: String,
     },
     /// A key is unknown or its value has the wrong type.
-    #[error("{file}: key `{key}`: {message}")]
+    #[error("{origin}: key `{key}`: {message}")]
     Key {
-        /// The experiment file.
-        file: PathBuf,
+        /// Where the value came from: the experiment file, `--set KEY=VALUE` or an
+        /// `INCEPT__…` environment variable.
+        origin: String,
         /// The key's full path.
         key: String,
         /// What is wrong with it.
@@ -38,20 +44,23 @@ pub enum ConfigError {
     #[error("override {0:?} must look like section.key=value")]
     Override(String),
     /// Values that break their rules, all of them.
-    #[error("{file}: {source}")]
+    #[error("{file}: {problems}")]
     Invalid {
         /// The experiment file.
         file: PathBuf,
-        /// Every invalid value.
-        source: ValidationErrors,
+        /// Every invalid value (part of the message, so not a separate cause).
+        problems: ValidationErrors,
     },
 }
 
 /// Reads `file` and layers environment variables and `--set` overrides over it. The values are
 /// not checked yet: [`crate::resolve::load`] checks them with the model and the data in view.
 pub fn read(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
-    if !file.is_file() {
+    if !file.exists() {
         return Err(ConfigError::Missing(file.to_path_buf()));
+    }
+    if !file.is_file() {
+        return Err(ConfigError::NotAFile(file.to_path_buf()));
     }
     let mut builder = config::Config::builder()
         .add_source(config::File::from(file).format(config::FileFormat::Toml))
@@ -69,8 +78,8 @@ pub fn read(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError
         builder = builder
             .set_override(key.trim(), override_value(value.trim()))
             .map_err(|e| ConfigError::Key {
-                file: file.to_path_buf(),
-                key: key.into(),
+                origin: format!("--set {item}"),
+                key: key.trim().into(),
                 message: e.to_string(),
             })?;
     }
@@ -78,11 +87,46 @@ pub fn read(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError
         file: file.to_path_buf(),
         message: e.to_string(),
     })?;
-    serde_path_to_error::deserialize(merged).map_err(|e| ConfigError::Key {
+    // Through JSON values, whose numbers keep their type: the config crate would round 2.5
+    // into an integer key, and wrap 1e20.
+    let values: serde_json::Value = merged.try_deserialize().map_err(|e| ConfigError::Parse {
         file: file.to_path_buf(),
-        key: e.path().to_string(),
-        message: e.inner().to_string(),
+        message: e.to_string(),
+    })?;
+    serde_path_to_error::deserialize(values).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Key {
+            origin: origin_of(&key, file, overrides),
+            key,
+            message: e.inner().to_string(),
+        }
     })
+}
+
+/// Which layer gave `key` its value: the last `--set` of it, else its environment variable,
+/// else the file.
+fn origin_of(key: &str, file: &Path, overrides: &[String]) -> String {
+    let key = key.split('[').next().unwrap_or(key);
+    let names = |candidate: &str| {
+        let candidate = candidate.trim();
+        candidate == key || key.starts_with(&format!("{candidate}."))
+    };
+    if let Some(item) = overrides
+        .iter()
+        .rev()
+        .find(|item| item.split_once('=').is_some_and(|(k, _)| names(k)))
+    {
+        return format!("--set {item}");
+    }
+    let variable = std::iter::once(ENV_PREFIX)
+        .chain(key.split('.'))
+        .collect::<Vec<_>>()
+        .join(ENV_SEPARATOR)
+        .to_uppercase();
+    if std::env::var_os(&variable).is_some() {
+        return format!("environment variable {variable}");
+    }
+    file.display().to_string()
 }
 
 /// Reads an override's value as a TOML value (so `blocks=[1,1,1]` and `width=0.5` keep their
@@ -125,7 +169,7 @@ impl Experiment {
             message: e.to_string(),
         })?;
         serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
-            file: PathBuf::from("<assignment>"),
+            origin: "<assignment>".into(),
             key: e.path().to_string(),
             message: e.inner().to_string(),
         })
@@ -213,5 +257,45 @@ mod tests {
         assert_eq!((s.warmup, s.warmup_steps), (WarmupKind::Linear, 500));
         assert_eq!((s.warmup_factor, s.reference_batch), (0.1, Some(1600)));
         assert_eq!(Experiment::from_toml(&exp.to_toml()).unwrap(), exp);
+    }
+
+    #[test]
+    fn a_float_for_an_integer_key_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("[train]\nbatch_size = 2.5\n", "train.batch_size"),
+            ("[cluster]\nworld_size = 1e20\n", "cluster.world_size"),
+        ] {
+            let err = read(&write(&dir, text), &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+            assert!(err.contains("floating point"), "{err}");
+        }
+        let err = read(&write(&dir, SMALL), &["train.epochs=1.5".into()]).unwrap_err();
+        assert!(err.to_string().contains("`train.epochs`"), "{err}");
+        // Integers still fill float keys.
+        let exp = read(&write(&dir, SMALL), &["model.width=1".into()]).unwrap();
+        assert_eq!(exp.model.width, 1.0);
+    }
+
+    #[test]
+    fn override_errors_name_the_override_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(&write(&dir, SMALL), &["train.batch_size=many".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--set train.batch_size=many: "), "{err}");
+        assert!(!err.contains("exp.toml"), "{err}");
+        let err = read(&write(&dir, "[train]\nbatch_size = \"x\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exp.toml: key `train.batch_size`"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_an_experiment() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(dir.path(), &[]).unwrap_err().to_string();
+        assert!(err.contains("is not a file"), "{err}");
+        assert!(!err.contains("does not exist"), "{err}");
     }
 }

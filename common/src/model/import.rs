@@ -26,22 +26,28 @@ use crate::fsutil::write_atomic;
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// Reading or writing the file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The safetensors file.
         path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error (part of the message, so not a separate cause).
+        error: std::io::Error,
     },
-    /// The file is not valid safetensors (or, when saving, could not be encoded as such).
-    #[error("{}: safetensors: {source}", path.display())]
+    /// The file is not valid safetensors.
+    #[error("{}: not a valid safetensors file ({error})", path.display())]
     Format {
-        /// The safetensors file.
+        /// The file.
         path: PathBuf,
-        /// What the safetensors parser or encoder reported.
-        #[source]
-        source: SafeTensorError,
+        /// What the safetensors parser reported.
+        error: SafeTensorError,
+    },
+    /// The module's tensors could not be encoded as safetensors.
+    #[error("{}: encoding safetensors: {error}", path.display())]
+    Encode {
+        /// The file being written.
+        path: PathBuf,
+        /// What the safetensors encoder reported.
+        error: SafeTensorError,
     },
     /// The file's tensors do not fit the module (boxed: the lists make it large).
     #[error("{0}")]
@@ -154,9 +160,9 @@ pub fn load_incept<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<M
 pub fn save_incept<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<(), ImportError> {
     let mut saver = Saver::default();
     module.visit(&mut saver);
-    let format = |source| ImportError::Format {
+    let format = |error| ImportError::Encode {
         path: path.to_owned(),
-        source,
+        error,
     };
     let views = saver
         .tensors
@@ -167,9 +173,9 @@ pub fn save_incept<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<
         .collect::<Result<Vec<_>, _>>()
         .map_err(format)?;
     let bytes = safetensors::serialize(views, None).map_err(format)?;
-    write_atomic(path, &bytes, 0o644).map_err(|source| ImportError::Io {
+    write_atomic(path, &bytes, 0o644).map_err(|error| ImportError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -180,13 +186,13 @@ fn load<B: Backend, M: Module<B>>(
     path: &Path,
     naming: Naming<'_>,
 ) -> Result<M, ImportError> {
-    let bytes = fs::read(path).map_err(|source| ImportError::Io {
+    let bytes = fs::read(path).map_err(|error| ImportError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|source| ImportError::Format {
+    let file = SafeTensors::deserialize(&bytes).map_err(|error| ImportError::Format {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mut loader = Loader {
         path: Vec::new(),

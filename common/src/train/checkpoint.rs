@@ -66,12 +66,12 @@ struct FileEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Reading, writing or removing a checkpoint file or folder failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (part of the message, so not a separate cause).
+        error: std::io::Error,
     },
     /// `manifest.toml` does not parse, or has a format this build does not read.
     #[error("{path}: invalid manifest: {message}")]
@@ -92,9 +92,9 @@ pub enum CheckpointError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+    move |error| CheckpointError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

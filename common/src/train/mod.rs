@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod ema;
 pub mod optim;
+pub mod quality;
 #[cfg(any(test, feature = "testing"))]
 pub mod reference;
 pub mod replica;

@@ -24,6 +24,7 @@ use super::checkpoint::TrainingState;
 use super::clip::clip_global_norm;
 use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule, to_host};
+use super::quality::DataQuality;
 use super::schedule::LrSchedule;
 use crate::CRC32C;
 use crate::collective::{
@@ -115,6 +116,8 @@ pub struct Replica<B: TrainBackend> {
     aux_loss_weight: f64,
     max_nonfinite: u32,
     nonfinite_streak: u32,
+    /// The training images this rank could not use, against `data.max_bad_fraction`.
+    quality: DataQuality,
     seed: u64,
     device: B::Device,
 }
@@ -208,6 +211,7 @@ impl<B: TrainBackend> Replica<B> {
             aux_loss_weight: train.aux_loss_weight,
             max_nonfinite: train.max_nonfinite_steps,
             nonfinite_streak: 0,
+            quality: DataQuality::new(exp.data.max_bad_fraction),
             seed: exp.run.seed,
             device,
         })
@@ -303,7 +307,8 @@ impl<B: TrainBackend> Replica<B> {
         let (mut data, mut compute) = (Duration::ZERO, Duration::ZERO);
         let mut grads_sum: Option<Tensor<B::InnerBackend, 1>> = None;
         let mut loss_sum = 0f32;
-        let (mut images, mut bad_images) = (0, 0);
+        let mut images = 0;
+        let mut bad_samples = Vec::new();
         let mut loader = self.take_loader(step);
         for _ in 0..self.accumulate {
             let started = Instant::now();
@@ -312,10 +317,10 @@ impl<B: TrainBackend> Replica<B> {
                 .expect("the training job list is endless")
                 .with_context(|| format!("loading the data of step {}", step + 1))?;
             images += batch.len();
-            bad_images += batch.bad_samples.len();
             for reason in &batch.bad_samples {
                 tracing::warn!(step = step + 1, "image skipped: {reason}");
             }
+            bad_samples.extend_from_slice(&batch.bad_samples);
             data += started.elapsed();
             if batch.is_empty() {
                 continue;
@@ -343,6 +348,7 @@ impl<B: TrainBackend> Replica<B> {
             compute += started.elapsed();
         }
         self.loader = Some((step + 1, loader));
+        self.quality.record(step + 1, images, &bad_samples)?;
         let grads_sum =
             grads_sum.unwrap_or_else(|| Tensor::zeros(self.params.shape(), &self.device));
 
@@ -403,7 +409,7 @@ impl<B: TrainBackend> Replica<B> {
             grad_norm,
             skipped,
             images,
-            bad_images,
+            bad_images: bad_samples.len(),
             data,
             compute,
             allreduce,
@@ -545,6 +551,13 @@ impl<B: TrainBackend> Replica<B> {
         self.collective
             .all_reduce(&mut totals, ReduceOp::Sum, WireFormat::F32)
             .context("all-reduce of validation results")?;
+        if totals[2] == 0.0 {
+            bail!(
+                "none of the {} validation images could be used (each is named in the workers' \
+                 logs)",
+                self.val_samples
+            );
+        }
         Ok(Evaluation {
             top1_correct: totals[0].round() as u64,
             top5_correct: totals[1].round() as u64,

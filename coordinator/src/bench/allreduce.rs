@@ -15,13 +15,13 @@ use anyhow::{Context, bail};
 use incept_common::collective::WireFormat;
 
 use super::allreduce_rank::{CONNECTED, SizeReport};
-use super::run_json_script;
+use super::{at_least_one, run_json_script};
 
 /// What to measure (`coordinator bench allreduce`'s flags).
 #[derive(clap::Args, Debug)]
 pub struct AllReduceBench {
     /// Rank processes on this machine.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub workers: usize,
     /// Bytes per all-reduce: a doubling range `1KiB..256MiB` or a list `4,28,4KiB`.
     #[arg(long, default_value = "1KiB..256MiB", value_parser = parse_sizes)]

@@ -19,7 +19,7 @@ use incept_common::data::source::RawImage;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::run_json_script;
+use super::{at_least_one, run_json_script};
 
 /// What to measure (`coordinator bench data`'s flags).
 #[derive(clap::Args, Debug)]
@@ -29,13 +29,13 @@ pub struct DataBench {
     #[arg(long)]
     pub path: PathBuf,
     /// Decoding threads.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub threads: usize,
     /// Square output side in pixels.
     #[arg(long, default_value_t = 299)]
     pub image_size: usize,
     /// Timed passes over the files (after one warm-up pass).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub passes: usize,
     /// Also run this PIL + torchvision script on the same files (e.g.
     /// experiments/baselines/bench_data_torch.py) and print both rows.

@@ -21,6 +21,16 @@ use anyhow::{Context, bail};
 use serde::de::DeserializeOwned;
 
 /// Compute threads: `RAYON_NUM_THREADS` if set, else every core.
+/// Parses a count flag that must be at least 1 (steps, passes, workers): a clear error at the
+/// flag instead of an empty measurement later.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()

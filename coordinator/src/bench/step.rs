@@ -13,7 +13,7 @@ use incept_common::model::registry;
 use incept_common::resolve;
 use incept_common::train::Replica;
 
-use super::{median, peak_rss_mib, run_json_script, threads};
+use super::{at_least_one, median, peak_rss_mib, run_json_script, threads};
 
 /// What to measure (`coordinator bench step`'s flags).
 #[derive(clap::Args, Debug)]
@@ -22,13 +22,13 @@ pub struct StepBench {
     #[arg(long, default_value = "inception_resnet_v2")]
     pub arch: Arch,
     /// Images per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     pub batch: usize,
     /// Square input side in pixels.
     #[arg(long, default_value_t = 75)]
     pub image_size: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub steps: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]

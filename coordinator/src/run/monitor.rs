@@ -29,6 +29,10 @@ pub(super) struct Monitor<'a> {
     results: Vec<Option<WorkerResult>>,
     pub(super) last_loss: f64,
     keep_checkpoints: usize,
+    /// `data.max_bad_fraction`, for the warning about skipped images.
+    max_bad_fraction: f64,
+    /// Whether the console was told that images are being skipped (once per run).
+    warned_bad_images: bool,
 }
 
 impl<'a> Monitor<'a> {
@@ -50,6 +54,8 @@ impl<'a> Monitor<'a> {
             results: vec![None; world],
             last_loss: f64::NAN,
             keep_checkpoints: exp.checkpoint.keep,
+            max_bad_fraction: exp.data.max_bad_fraction,
+            warned_bad_images: false,
         }
     }
 
@@ -88,6 +94,16 @@ impl<'a> Monitor<'a> {
             Event::Metrics { rank, steps } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
                 self.store.insert_metrics(run_id, rank, &steps)?;
+                let bad: u32 = steps.iter().map(|m| m.bad_images).sum();
+                if bad > 0 && !self.warned_bad_images {
+                    self.warned_bad_images = true;
+                    self.progress.println(&format!(
+                        "warning: rank {rank} skipped {bad} training image(s) that do not decode \
+                         (each is named in its log); the run fails above \
+                         data.max_bad_fraction = {}",
+                        self.max_bad_fraction
+                    ));
+                }
                 for (step, probe) in steps
                     .iter()
                     .filter(|_| rank == 0)

@@ -51,7 +51,7 @@ pub(super) fn io_error(
         rank,
         op,
         peer,
-        source,
+        error: source,
     }
 }
 

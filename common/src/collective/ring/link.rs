@@ -53,10 +53,10 @@ impl Links {
         let next_addr = peers[next_rank];
         let next = connect_within(next_addr, timeout)
             .and_then(configure)
-            .map_err(|source| CollectiveError::Connect {
+            .map_err(|error| CollectiveError::Connect {
                 rank,
                 peer: next_addr,
-                source,
+                error,
             })?;
         let hello = encode_hello(rank, world_size);
         let fail = |op, peer, source| io_error(rank, op, peer, source, timeout);
@@ -65,10 +65,10 @@ impl Links {
 
         let (prev, remote) = accept_within(listener, timeout)
             .and_then(|(stream, remote)| Ok((configure(stream)?, remote)))
-            .map_err(|source| CollectiveError::Accept {
+            .map_err(|error| CollectiveError::Accept {
                 rank,
                 addr: peers[rank],
-                source,
+                error,
             })?;
         let theirs = read_hello(&prev, deadline, timeout)
             .map_err(|e| fail("reading the handshake", remote, e))?;

@@ -80,11 +80,11 @@ impl Ring {
             _ => {
                 let links = Links::establish(rank, peers, &listener, timeout)?;
                 for stream in [&links.next, &links.prev] {
-                    let clone = stream.try_clone().map_err(|source| CollectiveError::Io {
+                    let clone = stream.try_clone().map_err(|error| CollectiveError::Io {
                         rank,
                         op: "cloning a socket for abort",
                         peer: links.next_addr,
-                        source,
+                        error,
                     })?;
                     health.abort_handle().watch(clone);
                 }
