@@ -94,7 +94,8 @@ impl LocalWorkers {
             let log = log_dir.join(format!("worker-{index}.log"));
             let file = std::fs::File::create(&log)
                 .with_context(|| format!("creating {}", log.display()))?;
-            let child = Command::new(&worker.program)
+            let mut command = Command::new(&worker.program);
+            command
                 .args(&worker.leading_args)
                 .arg("--coordinator")
                 .arg(url)
@@ -104,11 +105,11 @@ impl LocalWorkers {
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
                 .stderr(file)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| {
-                    format!("starting worker {index} ({})", worker.program.display())
-                })?;
+                .kill_on_drop(true);
+            end_with_this_process(&mut command);
+            let child = command.spawn().with_context(|| {
+                format!("starting worker {index} ({})", worker.program.display())
+            })?;
             workers.push(LocalWorker { index, child, log });
         }
         Ok(Self { workers })
@@ -159,5 +160,21 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
             all[all.len().saturating_sub(lines)..].join("\n")
         }
         Err(err) => format!("(unreadable: {err})"),
+    }
+}
+
+/// Has the kernel stop the worker when this coordinator dies, however it dies (kill -9
+/// included), so no worker trains on as an orphan. The coordinator spawns workers from the
+/// thread that runs the whole launch, so the signal follows the process.
+fn end_with_this_process(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, and the closure allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }

@@ -37,6 +37,8 @@ pub struct RunContext {
     pub world_size: u32,
     pub total_steps: u64,
     pub heartbeat_interval_ms: u32,
+    /// How long a worker goes on without an answered heartbeat before it stops.
+    pub heartbeat_timeout_s: u32,
     pub checkpoint_dir: String,
     /// Checkpoint the run continues from (empty: fresh start).
     pub resume_from: String,
@@ -149,6 +151,7 @@ impl Coordinator for CoordinatorService {
             experiment_toml: self.run.experiment_toml.clone(),
             total_steps: self.run.total_steps,
             heartbeat_interval_ms: self.run.heartbeat_interval_ms,
+            heartbeat_timeout_s: self.run.heartbeat_timeout_s,
             checkpoint_dir: self.run.checkpoint_dir.clone(),
             resume_from: self.run.resume_from.clone(),
             data_plan: Some(self.run.data_plan.clone()),

@@ -289,9 +289,14 @@ fn forward_lines(stream: impl std::io::Read + Send + 'static, tx: Sender<String>
     });
 }
 
-fn interrupt_and_wait(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+fn interrupt_and_wait(child: Child, limit: Duration) -> std::process::ExitStatus {
+    signal_and_wait(child, "INT", limit)
+}
+
+/// Sends `signal` (a `kill` name: INT, TERM, HUP, KILL) and waits for the process to exit.
+fn signal_and_wait(mut child: Child, signal: &str, limit: Duration) -> std::process::ExitStatus {
     Command::new("kill")
-        .arg("-INT")
+        .arg(format!("-{signal}"))
         .arg(child.id().to_string())
         .status()
         .unwrap();
@@ -302,9 +307,40 @@ fn interrupt_and_wait(mut child: Child, limit: Duration) -> std::process::ExitSt
         }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("coordinator did not exit within {limit:?} of Ctrl-C");
+            panic!("coordinator did not exit within {limit:?} of SIG{signal}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The worker processes a run's database lists.
+fn worker_pids(fx: &Fixture) -> Vec<i64> {
+    let db = fx.db();
+    let mut query = db.prepare("SELECT pid FROM workers").unwrap();
+    query
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its parent does not).
+fn is_running(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// Waits until none of `pids` runs, failing after `limit`.
+fn assert_all_end(pids: &[i64], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while let Some(pid) = pids.iter().find(|&&pid| is_running(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "worker {pid} still running {limit:?} after its coordinator stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -349,29 +385,114 @@ fn interrupt_stops_local_workers() {
     let launched = Launched::spawn(&fx);
     launched.wait_for_line("rank 0 joined");
     launched.wait_for_line("rank 1 joined");
-    let pids: Vec<i64> = {
-        let db = fx.db();
-        let mut query = db.prepare("SELECT pid FROM workers").unwrap();
-        query
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let pids = worker_pids(&fx);
     assert_eq!(pids.len(), 2);
 
     let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(130));
     for pid in pids {
-        let alive = Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ");
         assert!(
-            !alive,
+            !is_running(pid),
             "worker {pid} still running after the coordinator stopped"
         );
     }
+}
+
+#[test]
+fn scheduler_signals_interrupt_the_run_and_stop_local_workers() {
+    for (signal, code) in [("TERM", 143), ("HUP", 129)] {
+        let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
+        let launched = Launched::spawn(&fx);
+        launched.wait_for_line("rank 0 joined");
+        launched.wait_for_line("rank 1 joined");
+        let pids = worker_pids(&fx);
+        let status = signal_and_wait(launched.child, signal, Duration::from_secs(15));
+        assert_eq!(status.code(), Some(code), "SIG{signal}");
+        let (status, error): (String, String) = fx
+            .db()
+            .query_row("SELECT status, error FROM runs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(status, "interrupted", "SIG{signal}");
+        assert_eq!(error, format!("interrupted by SIG{signal}"));
+        assert_all_end(&pids, Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn local_workers_end_with_a_killed_coordinator() {
+    let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
+    let launched = Launched::spawn(&fx);
+    launched.wait_for_line("rank 0 joined");
+    launched.wait_for_line("rank 1 joined");
+    let pids = worker_pids(&fx);
+    assert_eq!(pids.len(), 2);
+    let status = signal_and_wait(launched.child, "KILL", Duration::from_secs(15));
+    assert_eq!(status.code(), None, "killed by the signal");
+    // No orphan trains on: the kernel ends each worker with its coordinator.
+    assert_all_end(&pids, Duration::from_secs(10));
+}
+
+#[test]
+fn an_external_worker_stops_when_its_coordinator_is_lost() {
+    let fx = Fixture::new(
+        &format!(
+            "{}\n[cluster]\nlauncher = \"external\"\nworld_size = 1\nheartbeat_interval_ms = 200\n\
+             heartbeat_timeout_s = 2\n",
+            TINY.replace("epochs = 2", "epochs = 1000")
+        )
+        .replace(
+            "[cluster]\nworld_size = 2\nheartbeat_interval_ms = 200\n",
+            "",
+        ),
+    );
+    let launched = Launched::spawn(&fx);
+    // "  INCEPT_TOKEN=<token> worker --coordinator <url>"
+    let hint = launched.wait_for_line("INCEPT_TOKEN=");
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    let token = words[0].trim_start_matches("INCEPT_TOKEN=");
+    let url = words[words.len() - 1];
+    let mut worker = Command::new(worker_bin())
+        .args(["--coordinator", url, "--token", token])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, worker_lines) = mpsc::channel();
+    forward_lines(worker.stderr.take().unwrap(), tx);
+    // The worker holds its assignment: from here on only the coordinator's loss can stop it.
+    let joined = worker_lines
+        .iter()
+        .find(|line| line.contains("joined"))
+        .expect("the worker joins");
+    assert!(joined.contains("rank=0"), "{joined}");
+
+    let status = signal_and_wait(launched.child, "KILL", Duration::from_secs(15));
+    assert_eq!(status.code(), None);
+    let lost = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        if lost.elapsed() > Duration::from_secs(60) {
+            worker.kill().unwrap();
+            panic!("the worker still trains a minute after its coordinator died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr: Vec<String> = worker_lines.iter().collect();
+    let stderr = stderr.join("\n");
+    assert!(
+        !status.success(),
+        "a worker without its coordinator must fail: {stderr}"
+    );
+    assert!(stderr.contains("lost the coordinator"), "{stderr}");
+    assert!(
+        lost.elapsed() < Duration::from_secs(30),
+        "stopped {:?} after the coordinator died (timeout 2 s)",
+        lost.elapsed()
+    );
 }
 
 /// Per-step losses of rank 0 in a state directory's database.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use incept_common::proto::coordinator_client::CoordinatorClient;
@@ -116,7 +116,10 @@ impl Session {
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.client.clone(),
             rank,
-            Duration::from_millis(u64::from(assignment.heartbeat_interval_ms.max(10))),
+            Heartbeats {
+                every: Duration::from_millis(u64::from(assignment.heartbeat_interval_ms.max(10))),
+                lost_after: Duration::from_secs(u64::from(assignment.heartbeat_timeout_s.max(1))),
+            },
             progress.clone(),
         ));
         let reporting = tokio::spawn(report_loop(self.client.clone(), rank, reports_rx));
@@ -127,6 +130,11 @@ impl Session {
         .await
         .context("training thread panicked")?;
         heartbeat.abort();
+        // A worker that lost its coordinator says so, not what the abort did to its collective.
+        let outcome = match progress.lost.get() {
+            Some(reason) => Err(anyhow::anyhow!("{reason}")),
+            None => outcome,
+        };
         // The report sender was moved into the training closure and is dropped: drain.
         reporting.await.context("reporting task panicked")?;
 
@@ -159,8 +167,17 @@ impl Session {
     }
 }
 
-async fn heartbeat_loop(mut client: Client, rank: u32, every: Duration, progress: Arc<Progress>) {
-    let mut ticker = tokio::time::interval(every);
+/// How often a worker beats, and how long unanswered beats mean a lost coordinator.
+struct Heartbeats {
+    every: Duration,
+    lost_after: Duration,
+}
+
+/// Beats until the task is aborted; stops training when the coordinator says so, or when no
+/// beat was answered for `lost_after` (the coordinator died or is unreachable).
+async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progress: Arc<Progress>) {
+    let mut ticker = tokio::time::interval(beats.every);
+    let mut answered = Instant::now();
     loop {
         ticker.tick().await;
         let step = progress.step.load(Ordering::Relaxed);
@@ -169,7 +186,16 @@ async fn heartbeat_loop(mut client: Client, rank: u32, every: Duration, progress
                 tracing::warn!("the coordinator stopped the run");
                 progress.stop();
             }
-            Ok(_) => {}
+            Ok(_) => answered = Instant::now(),
+            Err(status) if answered.elapsed() >= beats.lost_after => {
+                progress.give_up(format!(
+                    "lost the coordinator: no heartbeat answered for {:?} (cluster.heartbeat_timeout_s; \
+                     last error: {}); stopped at step {step}",
+                    beats.lost_after,
+                    status.message()
+                ));
+                return;
+            }
             Err(status) => tracing::warn!(error = %status.message(), "heartbeat failed"),
         }
     }

@@ -39,9 +39,18 @@ pub struct Progress {
     /// Aborts the communicator once it is connected, so a stop also ends a collective blocked on a
     /// lost peer at once instead of at its deadline.
     pub abort: OnceLock<AbortHandle>,
+    /// Why the worker stopped on its own (it lost the coordinator), reported instead of the
+    /// aborted collective's error.
+    pub lost: OnceLock<String>,
 }
 
 impl Progress {
+    /// Stops training because of `reason`, which becomes the worker's error.
+    pub fn give_up(&self, reason: String) {
+        let _ = self.lost.set(reason);
+        self.stop();
+    }
+
     /// Asks the training thread to stop, aborting its collectives.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -37,7 +37,35 @@ pub const DATABASE: &str = "incept.db";
 enum Outcome {
     Succeeded(EvaluationReport),
     Failed(String),
-    Interrupted,
+    /// Stopped by a signal to the coordinator (Ctrl-C, or a scheduler's SIGTERM or SIGHUP).
+    Interrupted(Signal),
+}
+
+/// The signals that interrupt a run, with the exit code a shell reports for them.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Interrupt,
+    Terminate,
+    HangUp,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+            Signal::HangUp => "SIGHUP",
+        }
+    }
+
+    /// 128 + the signal number, as a shell reports a process the signal ended.
+    fn exit_code(self) -> u8 {
+        128 + match self {
+            Signal::Interrupt => 2,
+            Signal::Terminate => 15,
+            Signal::HangUp => 1,
+        }
+    }
 }
 
 /// What `launch` starts.
@@ -94,6 +122,7 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         world_size: exp.cluster.world_size as u32,
         total_steps,
         heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
+        heartbeat_timeout_s: u32::try_from(exp.cluster.heartbeat_timeout_s).unwrap_or(u32::MAX),
         checkpoint_dir: run_dir.join("checkpoints").display().to_string(),
         resume_from: resume_from
             .as_ref()

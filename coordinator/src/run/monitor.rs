@@ -8,6 +8,7 @@ use anyhow::bail;
 use incept_common::config::Experiment;
 use incept_common::proto::WorkerResult;
 use incept_common::train::checkpoint;
+use tokio::signal::unix::{SignalKind, signal as unix_signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::launcher::LocalWorkers;
@@ -15,7 +16,7 @@ use crate::progress::Progress;
 use crate::service::{Event, RunContext};
 use crate::store::{Store, rates};
 
-use super::Outcome;
+use super::{Outcome, Signal};
 
 /// Follows a run's events and the health of its workers.
 pub(super) struct Monitor<'a> {
@@ -63,11 +64,22 @@ impl<'a> Monitor<'a> {
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         let interrupted = tokio::signal::ctrl_c();
         tokio::pin!(interrupted);
+        let (mut terminate, mut hang_up) = match (
+            unix_signal(SignalKind::terminate()),
+            unix_signal(SignalKind::hangup()),
+        ) {
+            (Ok(terminate), Ok(hang_up)) => (terminate, hang_up),
+            (Err(err), _) | (_, Err(err)) => {
+                return Outcome::Failed(format!("installing signal handlers failed: {err}"));
+            }
+        };
         let outcome = loop {
             let step = tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
                 _ = ticker.tick() => Ok(self.check_health()),
-                _ = &mut interrupted => Ok(Some(Outcome::Interrupted)),
+                _ = &mut interrupted => Ok(Some(Outcome::Interrupted(Signal::Interrupt))),
+                _ = terminate.recv() => Ok(Some(Outcome::Interrupted(Signal::Terminate))),
+                _ = hang_up.recv() => Ok(Some(Outcome::Interrupted(Signal::HangUp))),
             };
             match step {
                 Ok(Some(outcome)) => break outcome,

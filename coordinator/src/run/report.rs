@@ -55,10 +55,11 @@ pub(super) fn report(
             eprintln!("run {run_id} failed: {error}");
             Ok(ExitCode::FAILURE)
         }
-        Outcome::Interrupted => {
-            store.finish_run(run_id, RunStatus::Interrupted, None, Some("interrupted"))?;
-            eprintln!("run {run_id} interrupted; workers stopped");
-            Ok(ExitCode::from(130))
+        Outcome::Interrupted(signal) => {
+            let why = format!("interrupted by {}", signal.name());
+            store.finish_run(run_id, RunStatus::Interrupted, None, Some(&why))?;
+            eprintln!("run {run_id} {why}; workers stopped");
+            Ok(ExitCode::from(signal.exit_code()))
         }
     }
 }
