@@ -495,6 +495,47 @@ fn an_external_worker_stops_when_its_coordinator_is_lost() {
     );
 }
 
+#[test]
+fn resume_takes_a_checkpoint_written_while_the_coordinator_was_down() {
+    let experiment =
+        TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 3\n";
+    let fx = Fixture::new(&experiment);
+    let launched = Launched::spawn(&fx);
+    let run_line = launched.wait_for_line("coordinator at");
+    let run_id = run_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    launched.wait_for_line("checkpoint step 16 committed");
+    interrupt_and_wait(launched.child, Duration::from_secs(15));
+    // As if the coordinator had been down when rank 0 wrote step 16: on disk, never committed.
+    let newest: i64 = fx
+        .db()
+        .query_row("SELECT MAX(step) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    fx.db()
+        .execute("DELETE FROM checkpoints WHERE step = ?1", [newest])
+        .unwrap();
+
+    let mut cmd = fx.coordinator(&["launch", "--resume", &run_id]);
+    cmd.current_dir(fx.dir.path());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("resuming from step {newest} ")),
+        "the newest verifying checkpoint, not the newest committed one: {stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "checkpoint of step {newest} was written while the coordinator was down"
+        )),
+        "{stderr}"
+    );
+}
+
 /// Per-step losses of rank 0 in a state directory's database.
 fn losses(fx: &Fixture) -> Vec<(i64, f64)> {
     let db = fx.db();
@@ -558,6 +599,17 @@ fn interrupted_run_resumes_with_identical_losses() {
             |r| r.get(0),
         )
         .unwrap();
+    // A checkpoint rank 0 wrote after the interrupt would be resumed from (it verifies):
+    // remove any, so the damaged one is the newest.
+    let checkpoints = Path::new(&newest).parent().unwrap();
+    for entry in std::fs::read_dir(checkpoints).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap()
+            > Path::new(&newest).file_name().unwrap().to_str().unwrap()
+        {
+            std::fs::remove_dir_all(&path).unwrap();
+        }
+    }
     let params = Path::new(&newest).join("params.f32");
     let mut bytes = std::fs::read(&params).unwrap();
     bytes[7] ^= 0x40;

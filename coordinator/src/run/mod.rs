@@ -31,6 +31,8 @@ use self::report::report;
 
 /// Name of the run database inside the state directory.
 pub const DATABASE: &str = "incept.db";
+/// The folder of a run's checkpoints, inside its run folder.
+pub(super) const CHECKPOINTS: &str = "checkpoints";
 
 /// How a run ended.
 #[derive(Debug)]
@@ -123,7 +125,7 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         total_steps,
         heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
         heartbeat_timeout_s: u32::try_from(exp.cluster.heartbeat_timeout_s).unwrap_or(u32::MAX),
-        checkpoint_dir: run_dir.join("checkpoints").display().to_string(),
+        checkpoint_dir: run_dir.join(CHECKPOINTS).display().to_string(),
         resume_from: resume_from
             .as_ref()
             .map(|r| r.path.display().to_string())

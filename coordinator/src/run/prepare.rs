@@ -14,7 +14,7 @@ use incept_common::train::checkpoint;
 use crate::launcher::{self};
 use crate::store::{RunStatus, Store};
 
-use super::DATABASE;
+use super::{CHECKPOINTS, DATABASE};
 
 /// Where a resumed run continues.
 pub(super) struct Resume {
@@ -110,10 +110,22 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
             exp.data.val_samples
         );
     }
+    let run_dir = run_dir(state_dir, run_id)?;
+    let committed = store.checkpoints(run_id)?;
     let mut resume_from = None;
-    for (step, path) in store.checkpoints(run_id)? {
+    for (step, path) in candidates(&committed, &run_dir) {
         match checkpoint::verify_position(&path) {
             Ok((found, position)) if found == step => {
+                if !committed.iter().any(|(s, _)| *s == step) {
+                    // Written while the coordinator was down: whole and verified, so it counts.
+                    store.commit_checkpoint(run_id, step, &path)?;
+                    let message = format!(
+                        "checkpoint of step {step} was written while the coordinator was down; \
+                         verified and committed on resume"
+                    );
+                    eprintln!("{message}");
+                    store.event(run_id, "info", &message)?;
+                }
                 resume_from = Some(Resume {
                     step,
                     path,
@@ -134,17 +146,30 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
         }
     }
     let Some(resume_from) = resume_from else {
-        bail!("run {run_id} has no valid committed checkpoint to resume from");
+        bail!("run {run_id} has no valid checkpoint to resume from");
     };
     Ok(Prepared {
         store,
         exp,
         run_id: run_id.to_string(),
-        run_dir: run_dir(state_dir, run_id)?,
+        run_dir,
         resolved,
         resume_from: Some(resume_from),
         layout,
     })
+}
+
+/// The checkpoints a resume may start from, newest first: the committed ones and those in the
+/// run's folder that the coordinator never saw (it was down when rank 0 wrote them).
+fn candidates(committed: &[(u64, PathBuf)], run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut all: Vec<(u64, PathBuf)> = committed.to_vec();
+    for (step, path) in checkpoint::list(&run_dir.join(CHECKPOINTS)) {
+        if !all.iter().any(|(s, _)| *s == step) {
+            all.push((step, path));
+        }
+    }
+    all.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    all
 }
 
 /// The run's folder, absolute: workers (possibly elsewhere) write checkpoints into it.
