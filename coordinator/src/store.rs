@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use incept_common::proto::{EvaluationReport, JoinRequest, StepMetrics};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS evaluations (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    renewed_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL REFERENCES runs(id),
     at REAL NOT NULL,
@@ -117,11 +123,56 @@ impl RunStatus {
     }
 }
 
+/// A lease not renewed for this long belongs to a coordinator that is gone.
+pub const LEASE_TTL_S: f64 = 15.0;
+/// How often the driving coordinator renews its lease.
+pub const LEASE_RENEW_S: f64 = 2.0;
+
+/// Which coordinator drives a run: its host and pid, renewed while it runs, so that a second
+/// coordinator (`launch --resume` on a live run) is refused instead of writing beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// Host name of the coordinator.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// When it last renewed the lease (seconds since the epoch).
+    pub renewed_at: f64,
+}
+
+impl Lease {
+    /// The lease this process holds.
+    fn mine() -> Self {
+        Lease {
+            host: hostname(),
+            pid: std::process::id(),
+            renewed_at: now(),
+        }
+    }
+
+    /// Whether its coordinator may still be running: it renewed recently and, when it ran on
+    /// this host, its process still exists.
+    pub fn is_live(&self) -> bool {
+        let gone_here =
+            self.host == hostname() && !Path::new(&format!("/proc/{}", self.pid)).exists();
+        !gone_here && now() - self.renewed_at < LEASE_TTL_S
+    }
+}
+
+/// This machine's host name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 /// A row of `coordinator runs`.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub id: String,
     pub status: String,
+    /// The coordinator driving it, if any holds the lease.
+    pub lease: Option<Lease>,
     pub world_size: i64,
     pub total_steps: i64,
     pub steps_done: Option<i64>,
@@ -362,17 +413,70 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the lease of `run_id` for this process, refusing while another coordinator that
+    /// may still be running holds it.
+    pub fn take_lease(&mut self, run_id: &str) -> anyhow::Result<()> {
+        let transaction = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held = lease_of(&transaction, run_id)?;
+        let me = Lease::mine();
+        if let Some(held) = held.filter(|held| held.is_live() && held.pid != me.pid) {
+            anyhow::bail!(
+                "run {run_id} is driven by the coordinator with pid {} on {} (lease renewed \
+                 {:.0} s ago); stop that one first, or resume {LEASE_TTL_S:.0} s after it died",
+                held.pid,
+                held.host,
+                now() - held.renewed_at
+            );
+        }
+        transaction.execute(
+            "INSERT OR REPLACE INTO leases (run_id, host, pid, renewed_at) VALUES (?1, ?2, ?3, ?4)",
+            params![run_id, me.host, me.pid, me.renewed_at],
+        )?;
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Renews this process's lease of `run_id`.
+    pub fn renew_lease(&self, run_id: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE leases SET renewed_at = ?3 WHERE run_id = ?1 AND pid = ?2",
+            params![run_id, std::process::id(), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Gives the lease of `run_id` up (the run ended).
+    pub fn release_lease(&self, run_id: &str) -> anyhow::Result<()> {
+        self.conn.execute(
+            "DELETE FROM leases WHERE run_id = ?1 AND pid = ?2",
+            params![run_id, std::process::id()],
+        )?;
+        Ok(())
+    }
+
     /// Runs, newest first.
     pub fn runs(&self) -> anyhow::Result<Vec<RunSummary>> {
         let mut query = self.conn.prepare(
             "SELECT r.id, r.status, r.world_size, r.total_steps,
-                    (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id), r.val_top1
-             FROM runs r ORDER BY r.created_at DESC",
+                    (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id), r.val_top1,
+                    l.host, l.pid, l.renewed_at
+             FROM runs r LEFT JOIN leases l ON l.run_id = r.id ORDER BY r.created_at DESC",
         )?;
         let rows = query.query_map([], |row| {
+            let host: Option<String> = row.get(6)?;
             Ok(RunSummary {
                 id: row.get(0)?,
                 status: row.get(1)?,
+                lease: match host {
+                    Some(host) => Some(Lease {
+                        host,
+                        pid: row.get(7)?,
+                        renewed_at: row.get(8)?,
+                    }),
+                    None => None,
+                },
                 world_size: row.get(2)?,
                 total_steps: row.get(3)?,
                 steps_done: row.get(4)?,
@@ -381,6 +485,22 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The lease of `run_id`, if any.
+fn lease_of(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<Lease>> {
+    conn.query_row(
+        "SELECT host, pid, renewed_at FROM leases WHERE run_id = ?1",
+        [run_id],
+        |row| {
+            Ok(Lease {
+                host: row.get(0)?,
+                pid: row.get(1)?,
+                renewed_at: row.get(2)?,
+            })
+        },
+    )
+    .optional()
 }
 
 /// Top-1 and top-5 accuracy of an evaluation.

@@ -435,6 +435,47 @@ fn local_workers_end_with_a_killed_coordinator() {
 }
 
 #[test]
+fn a_second_coordinator_is_refused_and_a_dead_one_shows_as_stale() {
+    let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
+    let launched = Launched::spawn(&fx);
+    let run_line = launched.wait_for_line("coordinator at");
+    let run_id = run_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    launched.wait_for_line("rank 1 joined");
+    let runs = || {
+        let out = run_with_limit(fx.coordinator(&["runs"]), Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let out = run_with_limit(
+        fx.coordinator(&["launch", "--resume", &run_id]),
+        Duration::from_secs(30),
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "is driven by the coordinator with pid {}",
+            launched.child.id()
+        )),
+        "{stderr}"
+    );
+    assert!(runs().contains(" running "), "{}", runs());
+
+    signal_and_wait(launched.child, "KILL", Duration::from_secs(15));
+    let listing = runs();
+    assert!(
+        listing.contains(&run_id) && listing.contains(" stale "),
+        "{listing}"
+    );
+}
+
+#[test]
 fn an_external_worker_stops_when_its_coordinator_is_lost() {
     let fx = Fixture::new(
         &format!(

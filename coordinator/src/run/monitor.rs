@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::launcher::LocalWorkers;
 use crate::progress::Progress;
 use crate::service::{Event, RunContext};
-use crate::store::{Store, rates};
+use crate::store::{LEASE_RENEW_S, Store, rates};
 
 use super::{Outcome, Signal};
 
@@ -34,6 +34,8 @@ pub(super) struct Monitor<'a> {
     max_bad_fraction: f64,
     /// Whether the console was told that images are being skipped (once per run).
     warned_bad_images: bool,
+    /// When this coordinator last renewed its lease of the run.
+    lease_renewed: Instant,
 }
 
 impl<'a> Monitor<'a> {
@@ -57,6 +59,7 @@ impl<'a> Monitor<'a> {
             keep_checkpoints: exp.checkpoint.keep,
             max_bad_fraction: exp.data.max_bad_fraction,
             warned_bad_images: false,
+            lease_renewed: Instant::now(),
         }
     }
 
@@ -76,7 +79,7 @@ impl<'a> Monitor<'a> {
         let outcome = loop {
             let step = tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
-                _ = ticker.tick() => Ok(self.check_health()),
+                _ = ticker.tick() => self.renew_lease().map(|()| self.check_health()),
                 _ = &mut interrupted => Ok(Some(Outcome::Interrupted(Signal::Interrupt))),
                 _ = terminate.recv() => Ok(Some(Outcome::Interrupted(Signal::Terminate))),
                 _ = hang_up.recv() => Ok(Some(Outcome::Interrupted(Signal::HangUp))),
@@ -192,6 +195,15 @@ impl<'a> Monitor<'a> {
         }
         self.progress
             .println(&format!("checkpoint step {step} committed: {path}"));
+        Ok(())
+    }
+
+    /// Keeps the run's lease fresh, so a second coordinator sees this one is alive.
+    fn renew_lease(&mut self) -> anyhow::Result<()> {
+        if self.lease_renewed.elapsed() >= Duration::from_secs_f64(LEASE_RENEW_S) {
+            self.store.renew_lease(&self.ctx.run_id)?;
+            self.lease_renewed = Instant::now();
+        }
         Ok(())
     }
 

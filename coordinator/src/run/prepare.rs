@@ -51,7 +51,7 @@ pub(super) fn prepare_new(
     let layout = open_dataset(&mut exp, &origin)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    let store = Store::open(&state_dir.join(DATABASE))?;
+    let mut store = Store::open(&state_dir.join(DATABASE))?;
     let run_id = new_run_id(&exp.run.name);
     let run_dir = run_dir(state_dir, &run_id)?;
     std::fs::create_dir_all(&run_dir)
@@ -65,6 +65,7 @@ pub(super) fn prepare_new(
         exp.cluster.world_size,
         exp.total_steps(),
     )?;
+    store.take_lease(&run_id)?;
     Ok(Prepared {
         store,
         exp,
@@ -82,7 +83,7 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
     if !database.is_file() {
         bail!("no run database at {}", database.display());
     }
-    let store = Store::open(&database)?;
+    let mut store = Store::open(&database)?;
     let Some((resolved, status)) = store
         .run_config(run_id)
         .with_context(|| format!("reading {}", database.display()))?
@@ -95,6 +96,8 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
     if status == RunStatus::Succeeded {
         bail!("run {run_id} already succeeded; nothing to resume");
     }
+    // Before anything is written: another coordinator may be driving the run.
+    store.take_lease(run_id)?;
     let exp = Experiment::from_toml(&resolved)?;
     let origin = format!("run {run_id}");
     check_data_paths(&exp, &origin)?;

@@ -21,6 +21,7 @@ pub(super) fn report(
     final_loss: f64,
     elapsed: f64,
 ) -> anyhow::Result<ExitCode> {
+    store.release_lease(run_id)?;
     match outcome {
         Outcome::Succeeded(eval) => {
             store.finish_run(run_id, RunStatus::Succeeded, Some(&eval), None)?;
