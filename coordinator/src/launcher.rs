@@ -1,6 +1,7 @@
 //! The local launcher: spawns a run's worker processes on this machine, watches them, and stops
 //! them with the run.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -54,8 +55,20 @@ impl WorkerCommand {
 
 struct LocalWorker {
     index: usize,
+    /// Taken at spawn: tokio forgets it once the child is reaped.
+    pid: Option<u32>,
     child: Child,
     log: PathBuf,
+}
+
+/// A local worker that exited unsuccessfully.
+pub struct ExitedWorker {
+    /// Its process id while it ran.
+    pub pid: Option<u32>,
+    /// Whether a signal ended it (killed, crashed) rather than its own error exit.
+    pub killed: bool,
+    /// How it ended, with the end of its log.
+    pub description: String,
 }
 
 /// Runs the CUDA preflight for the GPUs that local workers of `cluster` would train on, so a
@@ -110,24 +123,35 @@ impl LocalWorkers {
             let child = command.spawn().with_context(|| {
                 format!("starting worker {index} ({})", worker.program.display())
             })?;
-            workers.push(LocalWorker { index, child, log });
+            workers.push(LocalWorker {
+                index,
+                pid: child.id(),
+                child,
+                log,
+            });
         }
         Ok(Self { workers })
     }
 
-    /// Describes the first worker that exited unsuccessfully, with the end of its log.
-    pub fn failure(&mut self) -> Option<String> {
+    /// Every worker that exited unsuccessfully: its process id and how it ended, with the end
+    /// of its log.
+    pub fn failures(&mut self) -> Vec<ExitedWorker> {
         self.workers
             .iter_mut()
-            .find_map(|w| match w.child.try_wait() {
-                Ok(Some(status)) if !status.success() => Some(format!(
-                    "worker {} exited with {status}; last lines of {}:\n{}",
-                    w.index,
-                    w.log.display(),
-                    log_tail(&w.log, 8)
-                )),
+            .filter_map(|w| match w.child.try_wait() {
+                Ok(Some(status)) if !status.success() => Some(ExitedWorker {
+                    pid: w.pid,
+                    killed: status.signal().is_some(),
+                    description: format!(
+                        "worker {} exited with {status}; last lines of {}:\n{}",
+                        w.index,
+                        w.log.display(),
+                        log_tail(&w.log, 8)
+                    ),
+                }),
                 _ => None,
             })
+            .collect()
     }
 
     /// Waits up to `grace` for every worker to exit, then kills the rest.

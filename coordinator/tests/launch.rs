@@ -476,6 +476,25 @@ fn a_second_coordinator_is_refused_and_a_dead_one_shows_as_stale() {
 }
 
 #[test]
+fn the_rank_that_died_is_named_not_its_surviving_peer() {
+    let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
+    let launched = Launched::spawn(&fx);
+    launched.wait_for_line("rank 0 joined");
+    launched.wait_for_line("rank 1 joined");
+    let rank_0: i64 = fx
+        .db()
+        .query_row("SELECT pid FROM workers WHERE rank = 0", [], |r| r.get(0))
+        .unwrap();
+    Command::new("kill")
+        .args(["-KILL", &rank_0.to_string()])
+        .status()
+        .unwrap();
+    let failed = launched.wait_for_line(" failed: ");
+    assert!(failed.contains("failed: rank 0 died: worker"), "{failed}");
+    assert!(failed.contains("SIGKILL"), "{failed}");
+}
+
+#[test]
 fn an_external_worker_stops_when_its_coordinator_is_lost() {
     let fx = Fixture::new(
         &format!(

@@ -27,7 +27,16 @@ pub(super) struct Monitor<'a> {
     heartbeat_timeout: Duration,
     join_deadline: Instant,
     last_seen: Vec<Option<Instant>>,
+    heartbeat_interval: Duration,
+    /// Process ids the ranks joined with, to name the rank of a local worker that died.
+    pids: Vec<Option<u32>>,
     results: Vec<Option<WorkerResult>>,
+    /// Ranks that reported a failure, with the report; the run fails once the root cause is
+    /// known (see [`Monitor::attribute`]).
+    failures: Vec<Option<String>>,
+    /// When the first failure report came: a rank whose peer died reports first, so the
+    /// monitor looks a little longer for a rank that died or went silent.
+    failing_since: Option<Instant>,
     pub(super) last_loss: f64,
     keep_checkpoints: usize,
     /// `data.max_bad_fraction`, for the warning about skipped images.
@@ -54,7 +63,11 @@ impl<'a> Monitor<'a> {
             heartbeat_timeout: Duration::from_secs(exp.cluster.heartbeat_timeout_s),
             join_deadline: Instant::now() + Duration::from_secs(exp.cluster.join_timeout_s),
             last_seen: vec![None; world],
+            heartbeat_interval: Duration::from_millis(exp.cluster.heartbeat_interval_ms),
+            pids: vec![None; world],
             results: vec![None; world],
+            failures: vec![None; world],
+            failing_since: None,
             last_loss: f64::NAN,
             keep_checkpoints: exp.checkpoint.keep,
             max_bad_fraction: exp.data.max_bad_fraction,
@@ -99,6 +112,7 @@ impl<'a> Monitor<'a> {
         match event {
             Event::Joined { rank, request } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
+                self.pids[rank as usize] = Some(request.pid);
                 self.store.record_worker(run_id, rank, &request)?;
                 self.progress.println(&format!(
                     "rank {rank} joined: {} (pid {}, ring {})",
@@ -157,10 +171,12 @@ impl<'a> Monitor<'a> {
             Event::Finished(result) => {
                 let rank = result.rank as usize;
                 if !result.error.is_empty() {
-                    return Ok(Some(Outcome::Failed(format!(
+                    self.failures[rank] = Some(format!(
                         "rank {rank} failed after {} steps: {}",
                         result.steps_done, result.error
-                    ))));
+                    ));
+                    self.failing_since.get_or_insert_with(Instant::now);
+                    return Ok(self.attribute());
                 }
                 self.results[rank] = Some(result);
                 if self.results.iter().all(Option::is_some) {
@@ -207,9 +223,68 @@ impl<'a> Monitor<'a> {
         Ok(())
     }
 
+    /// Names the root cause of a failing run once it is known: a rank that died without a
+    /// report (its process exited, or it went silent) comes before the ranks that failed
+    /// because their peer was gone. `None` while the reports may still be consequences.
+    fn attribute(&mut self) -> Option<Outcome> {
+        let reported: Vec<String> = self.failures.iter().flatten().cloned().collect();
+        let consequences = |cause: String| {
+            let mut message = cause;
+            for report in &reported {
+                message.push_str(&format!("\n(then {report})"));
+            }
+            Outcome::Failed(message)
+        };
+        let mut exited = self
+            .workers
+            .as_mut()
+            .map(|w| w.failures())
+            .unwrap_or_default();
+        // Killed first: a worker that exits with its own error has (or is about to have)
+        // reported it.
+        exited.sort_by_key(|worker| !worker.killed);
+        // A worker that exited without reporting died on its own (killed, crashed).
+        let unreported = exited.iter().find(|worker| {
+            let rank = worker
+                .pid
+                .and_then(|pid| self.pids.iter().position(|&p| p == Some(pid)));
+            rank.is_none_or(|rank| self.failures[rank].is_none())
+        });
+        if let Some(worker) = unreported {
+            let rank = worker
+                .pid
+                .and_then(|pid| self.pids.iter().position(|&p| p == Some(pid)))
+                .map_or_else(|| "a worker".to_string(), |rank| format!("rank {rank}"));
+            return Some(consequences(format!("{rank} died: {}", worker.description)));
+        }
+        let since = self.failing_since?;
+        // Three missed heartbeats: the rank is gone, whatever the others report.
+        let silence = 3 * self.heartbeat_interval;
+        if since.elapsed() < silence + Duration::from_secs(1) {
+            return None;
+        }
+        let silent = (0..self.last_seen.len()).find(|&rank| {
+            self.failures[rank].is_none()
+                && self.results[rank].is_none()
+                && self.last_seen[rank].is_some_and(|seen| seen.elapsed() > silence)
+        });
+        Some(match silent {
+            Some(rank) => consequences(format!(
+                "rank {rank} stopped responding: no heartbeat for {:.1} s",
+                self.last_seen[rank].map_or(0.0, |seen| seen.elapsed().as_secs_f64())
+            )),
+            None => Outcome::Failed(reported.join("\n")),
+        })
+    }
+
     fn check_health(&mut self) -> Option<Outcome> {
-        if let Some(failure) = self.workers.as_mut().and_then(|w| w.failure()) {
-            return Some(Outcome::Failed(failure));
+        if self.failing_since.is_some()
+            || self
+                .workers
+                .as_mut()
+                .is_some_and(|w| !w.failures().is_empty())
+        {
+            return self.attribute();
         }
         if !self.ctx.rendezvous.is_complete() && Instant::now() > self.join_deadline {
             return Some(Outcome::Failed(format!(
