@@ -1,6 +1,7 @@
 //! Rank assignment: joins are collected until the world is complete, then every waiting worker
 //! is released with the same peer list and rank 0's NCCL unique id (like torchrun's c10d
-//! store).
+//! store). A worker that leaves while it is held (its process died, its call was cancelled)
+//! gives its rank back, so a replacement takes it instead of the run starting with a ghost.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,10 +18,17 @@ pub struct Roster {
     pub nccl_id: Vec<u8>,
 }
 
+/// What a joined worker brought.
+#[derive(Clone, Debug)]
+struct Member {
+    ring_addr: String,
+    nccl_id: Vec<u8>,
+}
+
 pub struct Rendezvous {
     world_size: usize,
-    /// The roster as ranks join.
-    joining: Mutex<Roster>,
+    /// Each rank's joined worker, while the world fills up.
+    joining: Mutex<Vec<Option<Member>>>,
     complete: watch::Sender<Option<Arc<Roster>>>,
 }
 
@@ -28,32 +36,46 @@ impl Rendezvous {
     pub fn new(world_size: usize) -> Self {
         Self {
             world_size,
-            joining: Mutex::new(Roster {
-                peers: Vec::with_capacity(world_size),
-                nccl_id: Vec::new(),
-            }),
+            joining: Mutex::new(vec![None; world_size]),
             complete: watch::channel(None).0,
         }
     }
 
-    /// Registers a worker's ring address (and NCCL id, kept from rank 0) and returns its rank;
-    /// `Err` once the run is full.
+    /// Registers a worker's ring address (and NCCL id, kept from rank 0) and returns its rank,
+    /// the lowest free one; `Err` once the run is full.
     pub fn register(&self, ring_addr: String, nccl_id: Vec<u8>) -> Result<u32, Status> {
-        let mut roster = self.joining.lock().expect("rendezvous lock");
-        if roster.peers.len() == self.world_size {
+        let mut slots = self.slots();
+        let Some(rank) = slots.iter().position(Option::is_none) else {
             return Err(Status::resource_exhausted(format!(
                 "the run is full: all {} ranks have joined",
                 self.world_size
             )));
+        };
+        slots[rank] = Some(Member { ring_addr, nccl_id });
+        if slots.iter().all(Option::is_some) {
+            let joined: Vec<Member> = slots.iter().flatten().cloned().collect();
+            let nccl_id = joined[0].nccl_id.clone();
+            let peers = joined.into_iter().map(|member| member.ring_addr).collect();
+            self.complete
+                .send_replace(Some(Arc::new(Roster { peers, nccl_id })));
         }
-        if roster.peers.is_empty() {
-            roster.nccl_id = nccl_id;
+        Ok(rank as u32)
+    }
+
+    /// Gives `rank` back while the world is still incomplete (its worker left); true if it did.
+    pub fn withdraw(&self, rank: u32) -> bool {
+        let mut slots = self.slots();
+        if self.is_complete() {
+            return false;
         }
-        roster.peers.push(ring_addr);
-        if roster.peers.len() == self.world_size {
-            self.complete.send_replace(Some(Arc::new(roster.clone())));
-        }
-        Ok(roster.peers.len() as u32 - 1)
+        slots
+            .get_mut(rank as usize)
+            .and_then(Option::take)
+            .is_some()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Option<Member>>> {
+        self.joining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until every rank has joined.
@@ -71,8 +93,9 @@ impl Rendezvous {
         }
     }
 
+    /// Ranks taken so far.
     pub fn joined_count(&self) -> usize {
-        self.joining.lock().expect("rendezvous lock").peers.len()
+        self.slots().iter().flatten().count()
     }
 
     pub fn is_complete(&self) -> bool {
@@ -98,6 +121,20 @@ mod tests {
         assert_eq!(roster.nccl_id, [7; 128], "rank 0's id, for every rank");
         let extra = rv.register("c:3".into(), Vec::new()).unwrap_err();
         assert_eq!(extra.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_rank_given_back_goes_to_the_next_joiner() {
+        let rv = Rendezvous::new(2);
+        assert_eq!(rv.register("a:1".into(), vec![7; 128]).unwrap(), 0);
+        assert!(rv.withdraw(0));
+        assert_eq!(rv.joined_count(), 0);
+        assert_eq!(rv.register("b:2".into(), vec![9; 128]).unwrap(), 0);
+        assert_eq!(rv.register("c:3".into(), Vec::new()).unwrap(), 1);
+        let roster = rv.wait(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(roster.peers, ["b:2", "c:3"]);
+        assert_eq!(roster.nccl_id, [9; 128], "the new rank 0's id");
+        assert!(!rv.withdraw(1), "a complete world keeps its ranks");
     }
 
     #[tokio::test]

@@ -22,9 +22,21 @@ use crate::rendezvous::Rendezvous;
 /// What workers tell the coordinator, in arrival order.
 #[derive(Debug)]
 pub enum Event {
-    Joined { rank: u32, request: JoinRequest },
-    Heartbeat { rank: u32 },
-    Metrics { rank: u32, steps: Vec<StepMetrics> },
+    Joined {
+        rank: u32,
+        request: JoinRequest,
+    },
+    /// A worker held at the rendezvous left (died, or gave up) and its rank is free again.
+    Left {
+        rank: u32,
+    },
+    Heartbeat {
+        rank: u32,
+    },
+    Metrics {
+        rank: u32,
+        steps: Vec<StepMetrics>,
+    },
     Evaluation(EvaluationReport),
     Checkpoint(CheckpointReport),
     Finished(WorkerResult),
@@ -117,6 +129,21 @@ impl CoordinatorService {
     }
 }
 
+/// A rank held at the rendezvous for a worker whose join call is still open; dropping it (the
+/// call was cancelled: the worker died or disconnected) gives the rank back.
+struct HeldRank<'a> {
+    run: &'a RunContext,
+    rank: u32,
+}
+
+impl Drop for HeldRank<'_> {
+    fn drop(&mut self) {
+        if self.run.rendezvous.withdraw(self.rank) {
+            let _ = self.run.events.send(Event::Left { rank: self.rank });
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<Assignment>, Status> {
@@ -137,11 +164,17 @@ impl Coordinator for CoordinatorService {
             .run
             .rendezvous
             .register(request.ring_addr.clone(), request.nccl_id.clone())?;
+        // Dropped with this call when the worker goes away while held: its rank is freed.
+        let held = HeldRank {
+            run: &self.run,
+            rank,
+        };
         self.emit(Event::Joined {
             rank,
             request: request.clone(),
         })?;
         let roster = self.run.rendezvous.wait(self.run.join_timeout).await?;
+        std::mem::forget(held);
         Ok(Response::new(Assignment {
             run_id: self.run.run_id.clone(),
             rank,

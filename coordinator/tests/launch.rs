@@ -495,6 +495,49 @@ fn the_rank_that_died_is_named_not_its_surviving_peer() {
 }
 
 #[test]
+fn a_worker_that_dies_at_the_rendezvous_gives_its_rank_back() {
+    let fx = Fixture::new(&TINY.replace("[cluster]\n", "[cluster]\nlauncher = \"external\"\n"));
+    let mut launched = Launched::spawn(&fx);
+    let hint = launched.wait_for_line("INCEPT_TOKEN=");
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    let token = words[0].trim_start_matches("INCEPT_TOKEN=").to_string();
+    let url = words[words.len() - 1].to_string();
+    let worker = || {
+        Command::new(worker_bin())
+            .args(["--coordinator", &url, "--token", &token])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut doomed = worker();
+    launched.wait_for_line("rank 0 joined");
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    launched.wait_for_line("rank 0 left");
+
+    let mut replacements = [worker(), worker()];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = launched.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish with the replacements"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for replacement in &mut replacements {
+        assert!(replacement.wait().unwrap().success());
+    }
+    assert!(
+        status.success(),
+        "the run finishes with the two replacements"
+    );
+}
+
+#[test]
 fn an_external_worker_stops_when_its_coordinator_is_lost() {
     let fx = Fixture::new(
         &format!(

@@ -119,6 +119,15 @@ impl<'a> Monitor<'a> {
                     request.hostname, request.pid, request.ring_addr
                 ));
             }
+            Event::Left { rank } => {
+                self.last_seen[rank as usize] = None;
+                self.pids[rank as usize] = None;
+                self.progress.println(&format!(
+                    "rank {rank} left before the run started; its rank is free for another worker"
+                ));
+                self.store
+                    .event(run_id, "warn", &format!("rank {rank} left the rendezvous"))?;
+            }
             Event::Heartbeat { rank } => self.last_seen[rank as usize] = Some(Instant::now()),
             Event::Metrics { rank, steps } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
