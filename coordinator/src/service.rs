@@ -197,10 +197,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let HeartbeatRequest { rank, .. } = request.into_inner();
         self.check_rank(rank)?;
-        self.emit(Event::Heartbeat { rank })?;
-        Ok(Response::new(HeartbeatReply {
-            stop: self.run.stopping.load(Ordering::Relaxed),
-        }))
+        // Once the run ends nobody follows its events, but its workers must still hear it.
+        let stop = self.run.stopping.load(Ordering::Relaxed);
+        if !stop {
+            self.emit(Event::Heartbeat { rank })?;
+        }
+        Ok(Response::new(HeartbeatReply { stop }))
     }
 
     async fn report_metrics(

@@ -1,7 +1,7 @@
 //! End-to-end tests: the real `coordinator` binary launching real `worker` processes that train
 //! over real sockets and report over gRPC into a real SQLite file.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -535,6 +535,54 @@ fn a_worker_that_dies_at_the_rendezvous_gives_its_rank_back() {
         status.success(),
         "the run finishes with the two replacements"
     );
+}
+
+#[test]
+fn an_interrupted_coordinator_stops_its_external_workers() {
+    let fx = Fixture::new(
+        &TINY
+            .replace("epochs = 2", "epochs = 1000")
+            .replace(
+                "[cluster]\n",
+                "[cluster]\nlauncher = \"external\"\nworld_size = 1\n",
+            )
+            .replace("world_size = 2\n", ""),
+    );
+    let launched = Launched::spawn(&fx);
+    let hint = launched.wait_for_line("INCEPT_TOKEN=");
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    let token = words[0].trim_start_matches("INCEPT_TOKEN=");
+    let url = words[words.len() - 1];
+    let mut worker = Command::new(worker_bin())
+        .args(["--coordinator", url, "--token", token])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    launched.wait_for_line("rank 0 joined");
+    let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    // Told by the coordinator, well before the 60 s heartbeat timeout would end it.
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        if stopped.elapsed() > Duration::from_secs(30) {
+            worker.kill().unwrap();
+            panic!("the external worker trains on after its coordinator was interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    worker
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by the coordinator"), "{stderr}");
 }
 
 #[test]

@@ -180,11 +180,18 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
     drop(monitor);
 
     ctx.stopping.store(true, Ordering::Relaxed);
-    if let Some(workers) = workers.as_mut() {
-        match outcome {
+    match workers.as_mut() {
+        Some(workers) => match outcome {
             Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
             _ => workers.kill().await,
+        },
+        // External workers learn of the stop from their next heartbeat's answer: keep
+        // answering for three beats before the server goes.
+        None if !matches!(outcome, Outcome::Succeeded(_)) => {
+            let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
+            tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
         }
+        None => {}
     }
     let _ = shutdown.send(());
     let _ = server.await;
