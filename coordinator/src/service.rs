@@ -40,6 +40,11 @@ pub enum Event {
     Evaluation(EvaluationReport),
     Checkpoint(CheckpointReport),
     Finished(WorkerResult),
+    /// A request without the run's join token, from `peer` (recorded: someone is knocking).
+    Rejected {
+        peer: String,
+        reason: String,
+    },
 }
 
 /// Everything the handlers of one run need.
@@ -66,17 +71,27 @@ pub struct CoordinatorService {
     run: Arc<RunContext>,
 }
 
+/// The largest message a worker may send: a metrics batch is a few KiB, so anything near this
+/// is hostile or broken, and is refused before it is decoded.
+const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
 /// The service with its join-token check, ready to add to a tonic server.
 pub fn server(
     run: Arc<RunContext>,
     token: String,
 ) -> InterceptedService<CoordinatorServer<CoordinatorService>, TokenCheck> {
-    CoordinatorServer::with_interceptor(CoordinatorService { run }, TokenCheck(token))
+    let events = run.events.clone();
+    let service = CoordinatorServer::new(CoordinatorService { run })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    InterceptedService::new(service, TokenCheck { token, events })
 }
 
-/// Rejects every request that does not carry the run's join token.
+/// Rejects every request that does not carry the run's join token, and records who tried.
 #[derive(Clone)]
-pub struct TokenCheck(String);
+pub struct TokenCheck {
+    token: String,
+    events: UnboundedSender<Event>,
+}
 
 impl Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
@@ -84,13 +99,22 @@ impl Interceptor for TokenCheck {
             .metadata()
             .get(TOKEN_METADATA_KEY)
             .and_then(|v| v.to_str().ok());
-        match given {
-            Some(token) if constant_time_eq(token.as_bytes(), self.0.as_bytes()) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("invalid join token")),
-            None => Err(Status::unauthenticated(format!(
-                "missing join token (metadata `{TOKEN_METADATA_KEY}`)"
-            ))),
-        }
+        let reason = match given {
+            Some(token) if constant_time_eq(token.as_bytes(), self.token.as_bytes()) => {
+                return Ok(request);
+            }
+            Some(_) => "invalid join token".to_string(),
+            None => format!("missing join token (metadata `{TOKEN_METADATA_KEY}`)"),
+        };
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".into(), |addr| addr.to_string());
+        // The run may have ended (nobody listens): the rejection stands either way.
+        let _ = self.events.send(Event::Rejected {
+            peer,
+            reason: reason.clone(),
+        });
+        Err(Status::unauthenticated(reason))
     }
 }
 

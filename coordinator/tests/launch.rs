@@ -370,8 +370,18 @@ fn wrong_join_token_is_rejected() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("rejected the join token"), "{stderr}");
 
+    launched.wait_for_line("rejected a request from 127.0.0.1:");
     let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(130));
+    let rejections: i64 = fx
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE message LIKE 'rejected a request from %invalid join token'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(rejections >= 1, "the rejected join is recorded");
     let run_status: String = fx
         .db()
         .query_row("SELECT status FROM runs", [], |r| r.get(0))
@@ -583,6 +593,18 @@ fn an_interrupted_coordinator_stops_its_external_workers() {
         .unwrap();
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("stopped by the coordinator"), "{stderr}");
+}
+
+#[test]
+fn listening_beyond_loopback_without_tls_warns() {
+    let fx = Fixture::new(&TINY.replace(
+        "[cluster]\n",
+        "[cluster]\nlauncher = \"external\"\nbind = \"0.0.0.0:0\"\n",
+    ));
+    let launched = Launched::spawn(&fx);
+    let warning = launched.wait_for_line("without TLS");
+    assert!(warning.contains("listens on 0.0.0.0:"), "{warning}");
+    interrupt_and_wait(launched.child, Duration::from_secs(15));
 }
 
 #[test]

@@ -117,6 +117,13 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
     let addr: SocketAddr = listener.local_addr()?;
     let url = format!("http://{addr}");
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: the coordinator listens on {addr} without TLS: anyone who can reach it \
+             sees the join token of the workers that connect (bind 127.0.0.1, or keep the \
+             network private)"
+        );
+    }
     let (events, events_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(RunContext {
         run_id: run_id.clone(),

@@ -129,6 +129,11 @@ impl<'a> Monitor<'a> {
                     .event(run_id, "warn", &format!("rank {rank} left the rendezvous"))?;
             }
             Event::Heartbeat { rank } => self.last_seen[rank as usize] = Some(Instant::now()),
+            Event::Rejected { peer, reason } => {
+                let message = format!("rejected a request from {peer}: {reason}");
+                self.progress.println(&format!("warning: {message}"));
+                self.store.event(run_id, "warn", &message)?;
+            }
             Event::Metrics { rank, steps } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
                 self.store.insert_metrics(run_id, rank, &steps)?;
