@@ -499,9 +499,53 @@ fn the_rank_that_died_is_named_not_its_surviving_peer() {
         .args(["-KILL", &rank_0.to_string()])
         .status()
         .unwrap();
-    let failed = launched.wait_for_line(" failed: ");
+    let failed = launched.wait_for_line("generation 0 failed: ");
     assert!(failed.contains("failed: rank 0 died: worker"), "{failed}");
     assert!(failed.contains("SIGKILL"), "{failed}");
+    interrupt_and_wait(launched.child, Duration::from_secs(15));
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_run_ends_as_if_nothing_happened() {
+    let experiment =
+        TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 2\n";
+    let reference = Fixture::new(&experiment);
+    let mut cmd = reference.coordinator(&["launch"]);
+    cmd.arg(reference.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = losses(&reference);
+
+    let fx = Fixture::new(&experiment);
+    let mut launched = Launched::spawn(&fx);
+    launched.wait_for_line("checkpoint step 16 committed");
+    let rank_1: i64 = fx
+        .db()
+        .query_row("SELECT pid FROM workers WHERE rank = 1", [], |r| r.get(0))
+        .unwrap();
+    Command::new("kill")
+        .args(["-KILL", &rank_1.to_string()])
+        .status()
+        .unwrap();
+    let restart = launched.wait_for_line("restarting the workers from step");
+    assert!(
+        restart.contains("from step 16 ") || restart.contains("from step 24 "),
+        "{restart}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = launched.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    // Every step done once in the metrics, each with the uninterrupted run's loss.
+    assert_eq!(losses(&fx), expected);
 }
 
 #[test]
@@ -703,7 +747,7 @@ fn resume_takes_a_checkpoint_written_while_the_coordinator_was_down() {
     );
     assert!(
         stderr.contains(&format!(
-            "checkpoint of step {newest} was written while the coordinator was down"
+            "checkpoint of step {newest} was written but never committed"
         )),
         "{stderr}"
     );
@@ -1091,6 +1135,13 @@ fn a_dataset_in_which_nothing_decodes_fails_the_run() {
     );
     assert!(
         stderr.contains("none of this rank's 4 images could be used"),
+        "{stderr}"
+    );
+    // The same cause in every generation: the run fails once the restarts are spent.
+    assert!(stderr.contains("after 3 restarts"), "{stderr}");
+    assert_eq!(
+        stderr.matches("restarting the workers from step 0").count(),
+        3,
         "{stderr}"
     );
     let status: String = fx

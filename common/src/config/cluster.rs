@@ -45,6 +45,10 @@ pub struct ClusterSection {
     /// What each worker computes on: `cpu`, `cuda` (GPU `LOCAL_RANK`), or `auto` (cuda where
     /// the preflight finds a driver, a GPU and NVRTC; else cpu).
     pub device: DeviceKind,
+    /// Times the local launcher restarts a failed group of workers from the newest checkpoint
+    /// that verifies before the run fails with every generation's cause (external workers are
+    /// restarted by whoever started them).
+    pub max_restarts: usize,
     /// GPUs of one node: the local launcher gives its worker `i` `LOCAL_RANK = i % gpus_per_node`
     /// (two workers share GPU 0 with the default 1).
     pub gpus_per_node: usize,
@@ -66,6 +70,7 @@ impl Default for ClusterSection {
             threads_per_worker: 1,
             device: DeviceKind::Cpu,
             gpus_per_node: 1,
+            max_restarts: 3,
         }
     }
 }

@@ -7,6 +7,7 @@
 mod monitor;
 mod prepare;
 mod report;
+mod signals;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,18 +17,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use incept_common::config::Launcher;
+use incept_common::config::{Experiment, Launcher};
+use incept_common::data::ShardLayout;
 use incept_common::fsutil::write_atomic;
 use incept_common::proto::EvaluationReport;
-use tokio::sync::mpsc::{self};
+use tokio::sync::mpsc;
 
 use crate::launcher::{LocalWorkers, WorkerCommand};
 use crate::rendezvous::Rendezvous;
 use crate::service::{self, RunContext};
+use crate::store::Store;
 
 use self::monitor::Monitor;
-use self::prepare::{Prepared, Resume, data_plan, prepare_new, prepare_resume};
+use self::prepare::{
+    Prepared, Resume, data_plan, newest_verified_checkpoint, prepare_new, prepare_resume,
+};
 use self::report::report;
+use self::signals::Signals;
 
 /// Name of the run database inside the state directory.
 pub const DATABASE: &str = "incept.db";
@@ -40,34 +46,7 @@ enum Outcome {
     Succeeded(EvaluationReport),
     Failed(String),
     /// Stopped by a signal to the coordinator (Ctrl-C, or a scheduler's SIGTERM or SIGHUP).
-    Interrupted(Signal),
-}
-
-/// The signals that interrupt a run, with the exit code a shell reports for them.
-#[derive(Debug, Clone, Copy)]
-enum Signal {
-    Interrupt,
-    Terminate,
-    HangUp,
-}
-
-impl Signal {
-    fn name(self) -> &'static str {
-        match self {
-            Signal::Interrupt => "SIGINT",
-            Signal::Terminate => "SIGTERM",
-            Signal::HangUp => "SIGHUP",
-        }
-    }
-
-    /// 128 + the signal number, as a shell reports a process the signal ended.
-    fn exit_code(self) -> u8 {
-        128 + match self {
-            Signal::Interrupt => 2,
-            Signal::Terminate => 15,
-            Signal::HangUp => 1,
-        }
-    }
+    Interrupted(signals::Signal),
 }
 
 /// What `launch` starts.
@@ -82,6 +61,10 @@ pub enum Start<'a> {
 }
 
 /// Starts (or resumes) a run, follows it to completion and returns the process exit code.
+///
+/// A run is a sequence of generations: when one fails with local workers, the whole group is
+/// restarted from the newest checkpoint that verifies (as torchrun restarts its worker group),
+/// up to `cluster.max_restarts` times.
 pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCode> {
     let Prepared {
         mut store,
@@ -104,7 +87,6 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
     };
     let token = new_token();
     write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
-    let total_steps = exp.total_steps();
     if let Some(Resume { step, path, .. }) = &resume_from {
         store.reopen_run(&run_id)?;
         let message = format!("resuming from step {step} ({})", path.display());
@@ -112,100 +94,177 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         println!("{message}");
     }
 
-    let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
-        .await
-        .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let url = format!("http://{addr}");
-    if !addr.ip().is_loopback() {
-        eprintln!(
-            "warning: the coordinator listens on {addr} without TLS: anyone who can reach it \
-             sees the join token of the workers that connect (bind 127.0.0.1, or keep the \
-             network private)"
-        );
-    }
-    let (events, events_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(RunContext {
-        run_id: run_id.clone(),
-        experiment_toml: resolved,
-        world_size: exp.cluster.world_size as u32,
-        total_steps,
-        heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
-        heartbeat_timeout_s: u32::try_from(exp.cluster.heartbeat_timeout_s).unwrap_or(u32::MAX),
-        checkpoint_dir: run_dir.join(CHECKPOINTS).display().to_string(),
-        resume_from: resume_from
-            .as_ref()
-            .map(|r| r.path.display().to_string())
-            .unwrap_or_default(),
-        data_plan: data_plan(&layout, resume_from.as_ref()),
-        join_timeout: Duration::from_secs(exp.cluster.join_timeout_s),
-        rendezvous: Rendezvous::new(exp.cluster.world_size),
-        events,
-        stopping: AtomicBool::new(false),
-    });
-    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service::server(ctx.clone(), token.clone()))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async {
-                    let _ = shutdown_rx.await;
-                },
-            ),
-    );
-
-    println!(
-        "run {run_id}: {} × {} ({} steps, global batch {}), coordinator at {url}",
-        exp.cluster.world_size,
-        exp.model.arch,
-        total_steps,
-        exp.global_batch()
-    );
-    println!("state: {}", run_dir.display());
-    let mut workers = match worker_bin {
-        Some(bin) => Some(LocalWorkers::spawn(
-            &bin,
-            &exp.cluster,
-            &url,
-            &token,
-            &run_dir,
-        )?),
-        None => {
-            println!(
-                "waiting for {} workers; start each with:\n  INCEPT_TOKEN={token} worker --coordinator {url}",
-                exp.cluster.world_size
-            );
-            None
+    let generation = Generation {
+        exp: &exp,
+        run_id: &run_id,
+        run_dir: &run_dir,
+        resolved: &resolved,
+        layout: &layout,
+        token: &token,
+        worker_bin: worker_bin.as_ref(),
+    };
+    let mut signals = Signals::install().context("installing the signal handlers")?;
+    let started = Instant::now();
+    let mut resume_from = resume_from;
+    let mut causes = Vec::new();
+    let (outcome, final_loss) = loop {
+        let (outcome, final_loss) = generation
+            .run(&mut store, resume_from.as_ref(), &mut signals)
+            .await?;
+        match outcome {
+            // External workers are restarted by whoever started them; local ones are ours.
+            Outcome::Failed(cause)
+                if worker_bin.is_some() && causes.len() < exp.cluster.max_restarts =>
+            {
+                resume_from = newest_verified_checkpoint(&store, &run_id, &run_dir)?;
+                let from = resume_from.as_ref().map_or(0, |r| r.step);
+                causes.push(cause);
+                let message = format!(
+                    "generation {} failed: {}\nrestarting the workers from step {from} \
+                     (restart {} of cluster.max_restarts = {})",
+                    causes.len() - 1,
+                    causes[causes.len() - 1],
+                    causes.len(),
+                    exp.cluster.max_restarts
+                );
+                eprintln!("{message}");
+                store.event(&run_id, "error", &message)?;
+            }
+            Outcome::Failed(cause) if !causes.is_empty() => {
+                let earlier: Vec<String> = causes
+                    .iter()
+                    .enumerate()
+                    .map(|(n, cause)| format!("  generation {n}: {cause}"))
+                    .collect();
+                let message = format!(
+                    "{cause}\n(after {} restarts; earlier generations failed with:\n{})",
+                    causes.len(),
+                    earlier.join("\n")
+                );
+                break (Outcome::Failed(message), final_loss);
+            }
+            outcome => break (outcome, final_loss),
         }
     };
-
-    let started = Instant::now();
-    let mut monitor = Monitor::new(&exp, &ctx, &mut store, workers.as_mut());
-    let outcome = monitor.follow(events_rx).await;
-    let final_loss = monitor.last_loss;
-    drop(monitor);
-
-    ctx.stopping.store(true, Ordering::Relaxed);
-    match workers.as_mut() {
-        Some(workers) => match outcome {
-            Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
-            _ => workers.kill().await,
-        },
-        // External workers learn of the stop from their next heartbeat's answer: keep
-        // answering for three beats before the server goes.
-        None if !matches!(outcome, Outcome::Succeeded(_)) => {
-            let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
-            tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
-        }
-        None => {}
-    }
-    let _ = shutdown.send(());
-    let _ = server.await;
     let elapsed = started.elapsed().as_secs_f64();
     report(
         &store, &run_id, &run_dir, &exp, outcome, final_loss, elapsed,
     )
+}
+
+/// What every generation of a run shares.
+struct Generation<'a> {
+    exp: &'a Experiment,
+    run_id: &'a str,
+    run_dir: &'a Path,
+    resolved: &'a str,
+    layout: &'a ShardLayout,
+    token: &'a str,
+    /// The worker program, when this coordinator starts the workers itself.
+    worker_bin: Option<&'a WorkerCommand>,
+}
+
+impl Generation<'_> {
+    /// Serves the gRPC API, starts (or waits for) the workers, follows them from `resume_from`
+    /// to the outcome, and stops them; returns the outcome and the last training loss.
+    async fn run(
+        &self,
+        store: &mut Store,
+        resume_from: Option<&Resume>,
+        signals: &mut Signals,
+    ) -> anyhow::Result<(Outcome, f64)> {
+        let exp = self.exp;
+        let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
+            .await
+            .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: the coordinator listens on {addr} without TLS: anyone who can reach it \
+                 sees the join token of the workers that connect (bind 127.0.0.1, or keep the \
+                 network private)"
+            );
+        }
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(RunContext {
+            run_id: self.run_id.to_string(),
+            experiment_toml: self.resolved.to_string(),
+            world_size: exp.cluster.world_size as u32,
+            total_steps: exp.total_steps(),
+            heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
+            heartbeat_timeout_s: u32::try_from(exp.cluster.heartbeat_timeout_s).unwrap_or(u32::MAX),
+            checkpoint_dir: self.run_dir.join(CHECKPOINTS).display().to_string(),
+            resume_from: resume_from
+                .map(|r| r.path.display().to_string())
+                .unwrap_or_default(),
+            data_plan: data_plan(self.layout, resume_from),
+            join_timeout: Duration::from_secs(exp.cluster.join_timeout_s),
+            rendezvous: Rendezvous::new(exp.cluster.world_size),
+            events,
+            stopping: AtomicBool::new(false),
+        });
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service::server(ctx.clone(), self.token.to_string()))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = shutdown_rx.await;
+                    },
+                ),
+        );
+
+        println!(
+            "run {}: {} × {} ({} steps, global batch {}), coordinator at {url}",
+            self.run_id,
+            exp.cluster.world_size,
+            exp.model.arch,
+            exp.total_steps(),
+            exp.global_batch()
+        );
+        println!("state: {}", self.run_dir.display());
+        let mut workers = match self.worker_bin {
+            Some(bin) => Some(LocalWorkers::spawn(
+                bin,
+                &exp.cluster,
+                &url,
+                self.token,
+                self.run_dir,
+            )?),
+            None => {
+                println!(
+                    "waiting for {} workers; start each with:\n  INCEPT_TOKEN={} worker --coordinator {url}",
+                    exp.cluster.world_size, self.token
+                );
+                None
+            }
+        };
+
+        let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut());
+        let outcome = monitor.follow(events_rx, signals).await;
+        let final_loss = monitor.last_loss;
+        drop(monitor);
+
+        ctx.stopping.store(true, Ordering::Relaxed);
+        match workers.as_mut() {
+            Some(workers) => match outcome {
+                Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
+                _ => workers.kill().await,
+            },
+            // External workers learn of the stop from their next heartbeat's answer: keep
+            // answering for three beats before the server goes.
+            None if !matches!(outcome, Outcome::Succeeded(_)) => {
+                let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
+                tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
+            }
+            None => {}
+        }
+        let _ = shutdown.send(());
+        let _ = server.await;
+        Ok((outcome, final_loss))
+    }
 }
 
 /// A random 128-bit join token, hex-encoded.

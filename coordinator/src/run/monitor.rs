@@ -8,7 +8,6 @@ use anyhow::bail;
 use incept_common::config::Experiment;
 use incept_common::proto::WorkerResult;
 use incept_common::train::checkpoint;
-use tokio::signal::unix::{SignalKind, signal as unix_signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::launcher::LocalWorkers;
@@ -16,7 +15,8 @@ use crate::progress::Progress;
 use crate::service::{Event, RunContext};
 use crate::store::{LEASE_RENEW_S, Store, rates};
 
-use super::{Outcome, Signal};
+use super::Outcome;
+use super::signals::Signals;
 
 /// Follows a run's events and the health of its workers.
 pub(super) struct Monitor<'a> {
@@ -76,26 +76,17 @@ impl<'a> Monitor<'a> {
         }
     }
 
-    pub(super) async fn follow(&mut self, mut events: UnboundedReceiver<Event>) -> Outcome {
+    pub(super) async fn follow(
+        &mut self,
+        mut events: UnboundedReceiver<Event>,
+        signals: &mut Signals,
+    ) -> Outcome {
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
-        let interrupted = tokio::signal::ctrl_c();
-        tokio::pin!(interrupted);
-        let (mut terminate, mut hang_up) = match (
-            unix_signal(SignalKind::terminate()),
-            unix_signal(SignalKind::hangup()),
-        ) {
-            (Ok(terminate), Ok(hang_up)) => (terminate, hang_up),
-            (Err(err), _) | (_, Err(err)) => {
-                return Outcome::Failed(format!("installing signal handlers failed: {err}"));
-            }
-        };
         let outcome = loop {
             let step = tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
                 _ = ticker.tick() => self.renew_lease().map(|()| self.check_health()),
-                _ = &mut interrupted => Ok(Some(Outcome::Interrupted(Signal::Interrupt))),
-                _ = terminate.recv() => Ok(Some(Outcome::Interrupted(Signal::Terminate))),
-                _ = hang_up.recv() => Ok(Some(Outcome::Interrupted(Signal::HangUp))),
+                signal = signals.next() => Ok(Some(Outcome::Interrupted(signal))),
             };
             match step {
                 Ok(Some(outcome)) => break outcome,

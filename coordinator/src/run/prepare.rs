@@ -114,17 +114,41 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
         );
     }
     let run_dir = run_dir(state_dir, run_id)?;
+    let resume_from = newest_verified_checkpoint(&store, run_id, &run_dir)?;
+    let Some(resume_from) = resume_from else {
+        bail!("run {run_id} has no valid checkpoint to resume from");
+    };
+    Ok(Prepared {
+        store,
+        exp,
+        run_id: run_id.to_string(),
+        run_dir,
+        resolved,
+        resume_from: Some(resume_from),
+        layout,
+    })
+}
+
+/// The newest checkpoint of the run that verifies, committed or not (one rank 0 wrote while
+/// the coordinator was down is committed now); `None` when none does. Unusable ones are named
+/// on the console and in the run's events.
+pub(super) fn newest_verified_checkpoint(
+    store: &Store,
+    run_id: &str,
+    run_dir: &Path,
+) -> anyhow::Result<Option<Resume>> {
     let committed = store.checkpoints(run_id)?;
     let mut resume_from = None;
-    for (step, path) in candidates(&committed, &run_dir) {
+    for (step, path) in candidates(&committed, run_dir) {
         match checkpoint::verify_position(&path) {
             Ok((found, position)) if found == step => {
                 if !committed.iter().any(|(s, _)| *s == step) {
-                    // Written while the coordinator was down: whole and verified, so it counts.
+                    // Written but never committed (the coordinator was down, or the generation
+                    // failed first): whole and verified, so it counts.
                     store.commit_checkpoint(run_id, step, &path)?;
                     let message = format!(
-                        "checkpoint of step {step} was written while the coordinator was down; \
-                         verified and committed on resume"
+                        "checkpoint of step {step} was written but never committed; verified and \
+                         committed now"
                     );
                     eprintln!("{message}");
                     store.event(run_id, "info", &message)?;
@@ -148,18 +172,7 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
             }
         }
     }
-    let Some(resume_from) = resume_from else {
-        bail!("run {run_id} has no valid checkpoint to resume from");
-    };
-    Ok(Prepared {
-        store,
-        exp,
-        run_id: run_id.to_string(),
-        run_dir,
-        resolved,
-        resume_from: Some(resume_from),
-        layout,
-    })
+    Ok(resume_from)
 }
 
 /// The checkpoints a resume may start from, newest first: the committed ones and those in the

@@ -1,0 +1,59 @@
+//! The signals that interrupt a run: Ctrl-C, and a scheduler's SIGTERM or SIGHUP. Listened to
+//! for the whole launch, so one that arrives between two generations is not lost.
+
+use tokio::signal::unix::{SignalKind, signal};
+
+/// A signal that interrupts a run.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Signal {
+    Interrupt,
+    Terminate,
+    HangUp,
+}
+
+impl Signal {
+    /// Its name, for messages.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+            Signal::HangUp => "SIGHUP",
+        }
+    }
+
+    /// 128 + the signal number, as a shell reports a process the signal ended.
+    pub(super) fn exit_code(self) -> u8 {
+        128 + match self {
+            Signal::Interrupt => 2,
+            Signal::Terminate => 15,
+            Signal::HangUp => 1,
+        }
+    }
+}
+
+/// The run's signal handlers, installed once per launch.
+pub(super) struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hang_up: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Takes SIGINT, SIGTERM and SIGHUP over from their default action (ending the process).
+    pub(super) fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hang_up: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal (one that came while nobody waited is delivered now).
+    pub(super) async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::Interrupt,
+            _ = self.terminate.recv() => Signal::Terminate,
+            _ = self.hang_up.recv() => Signal::HangUp,
+        }
+    }
+}
