@@ -267,6 +267,26 @@ impl Launched {
         Self { child, lines }
     }
 
+    /// A `worker` joining this run with the address and token its coordinator prints for
+    /// external workers ("  INCEPT_TOKEN=<token> worker --coordinator <url>").
+    fn worker_command(&self) -> Command {
+        let hint = self.wait_for_line("INCEPT_TOKEN=");
+        let words: Vec<&str> = hint.split_whitespace().collect();
+        let token = words[0].trim_start_matches("INCEPT_TOKEN=");
+        let url = words[words.len() - 1];
+        let mut worker = Command::new(worker_bin());
+        worker.args(["--coordinator", url, "--token", token]);
+        worker.stdout(Stdio::null());
+        worker
+    }
+
+    /// The run's id, from the line that announces it ("run <id>: … coordinator at <url>").
+    fn run_id(&self) -> String {
+        let line = self.wait_for_line("coordinator at");
+        let id = line.split_whitespace().nth(1).expect("run <id>: …");
+        id.trim_end_matches(':').to_string()
+    }
+
     /// Waits up to a minute for an output line containing `needle`; returns it.
     fn wait_for_line(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -300,6 +320,15 @@ fn signal_and_wait(mut child: Child, signal: &str, limit: Duration) -> std::proc
         .arg(child.id().to_string())
         .status()
         .unwrap();
+    wait_for_exit(
+        &mut child,
+        limit,
+        &format!("the coordinator after SIG{signal}"),
+    )
+}
+
+/// Waits for `child` to exit; past `limit` kills it and fails, saying `what` did not end.
+fn wait_for_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -307,7 +336,7 @@ fn signal_and_wait(mut child: Child, signal: &str, limit: Duration) -> std::proc
         }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("coordinator did not exit within {limit:?} of SIG{signal}");
+            panic!("{what} did not end within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -448,13 +477,7 @@ fn local_workers_end_with_a_killed_coordinator() {
 fn a_second_coordinator_is_refused_and_a_dead_one_shows_as_stale() {
     let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
     let launched = Launched::spawn(&fx);
-    let run_line = launched.wait_for_line("coordinator at");
-    let run_id = run_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_string();
+    let run_id = launched.run_id();
     launched.wait_for_line("rank 1 joined");
     let runs = || {
         let out = run_with_limit(fx.coordinator(&["runs"]), Duration::from_secs(30));
@@ -485,85 +508,97 @@ fn a_second_coordinator_is_refused_and_a_dead_one_shows_as_stale() {
     );
 }
 
+/// Kills the worker process of `rank` (kill -9), as a node failure would.
+fn kill_rank(fx: &Fixture, rank: u32) {
+    let pid: i64 = fx
+        .db()
+        .query_row("SELECT pid FROM workers WHERE rank = ?1", [rank], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+}
+
 #[test]
 fn the_rank_that_died_is_named_not_its_surviving_peer() {
     let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 1000"));
     let launched = Launched::spawn(&fx);
     launched.wait_for_line("rank 0 joined");
     launched.wait_for_line("rank 1 joined");
-    let rank_0: i64 = fx
-        .db()
-        .query_row("SELECT pid FROM workers WHERE rank = 0", [], |r| r.get(0))
-        .unwrap();
-    Command::new("kill")
-        .args(["-KILL", &rank_0.to_string()])
-        .status()
-        .unwrap();
+    kill_rank(&fx, 0);
     let failed = launched.wait_for_line("generation 0 failed: ");
     assert!(failed.contains("failed: rank 0 died: worker"), "{failed}");
     assert!(failed.contains("SIGKILL"), "{failed}");
     interrupt_and_wait(launched.child, Duration::from_secs(15));
 }
 
+/// TINY for 72 steps with a checkpoint every 8: the run the recovery tests interrupt.
+fn checkpointed() -> String {
+    TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 2\n"
+}
+
+/// [`checkpointed`] run without interruption: rank 0's per-step losses and the final top-1.
+struct Uninterrupted {
+    losses: Vec<(i64, f64)>,
+    top1: f64,
+}
+
+/// The [`Uninterrupted`] run, made once for every test that compares against it.
+fn uninterrupted() -> &'static Uninterrupted {
+    static RUN: std::sync::OnceLock<Uninterrupted> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let reference = Fixture::new(&checkpointed());
+        let mut cmd = reference.coordinator(&["launch"]);
+        cmd.arg(reference.experiment());
+        let out = run_with_limit(cmd, Duration::from_secs(300));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let losses = losses(&reference);
+        assert_eq!(losses.len(), 72);
+        let top1 = final_top1(&reference);
+        Uninterrupted { losses, top1 }
+    })
+}
+
+/// The run's final validation top-1.
+fn final_top1(fx: &Fixture) -> f64 {
+    fx.db()
+        .query_row("SELECT val_top1 FROM runs", [], |r| r.get(0))
+        .unwrap()
+}
+
 #[test]
 fn a_killed_worker_is_replaced_and_the_run_ends_as_if_nothing_happened() {
-    let experiment =
-        TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 2\n";
-    let reference = Fixture::new(&experiment);
-    let mut cmd = reference.coordinator(&["launch"]);
-    cmd.arg(reference.experiment());
-    let out = run_with_limit(cmd, Duration::from_secs(300));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let expected = losses(&reference);
-
-    let fx = Fixture::new(&experiment);
+    let expected = &uninterrupted().losses;
+    let fx = Fixture::new(&checkpointed());
     let mut launched = Launched::spawn(&fx);
     launched.wait_for_line("checkpoint step 16 committed");
-    let rank_1: i64 = fx
-        .db()
-        .query_row("SELECT pid FROM workers WHERE rank = 1", [], |r| r.get(0))
-        .unwrap();
-    Command::new("kill")
-        .args(["-KILL", &rank_1.to_string()])
-        .status()
-        .unwrap();
+    kill_rank(&fx, 1);
     let restart = launched.wait_for_line("restarting the workers from step");
     assert!(
         restart.contains("from step 16 ") || restart.contains("from step 24 "),
         "{restart}"
     );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = launched.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted run did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_for_exit(
+        &mut launched.child,
+        Duration::from_secs(300),
+        "the restarted run",
+    );
     assert!(status.success());
     // Every step done once in the metrics, each with the uninterrupted run's loss.
-    assert_eq!(losses(&fx), expected);
+    assert_eq!(&losses(&fx), expected);
 }
 
 #[test]
 fn a_worker_that_dies_at_the_rendezvous_gives_its_rank_back() {
     let fx = Fixture::new(&TINY.replace("[cluster]\n", "[cluster]\nlauncher = \"external\"\n"));
     let mut launched = Launched::spawn(&fx);
-    let hint = launched.wait_for_line("INCEPT_TOKEN=");
-    let words: Vec<&str> = hint.split_whitespace().collect();
-    let token = words[0].trim_start_matches("INCEPT_TOKEN=").to_string();
-    let url = words[words.len() - 1].to_string();
-    let worker = || {
-        Command::new(worker_bin())
-            .args(["--coordinator", &url, "--token", &token])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let mut command = launched.worker_command();
+    command.stderr(Stdio::null());
+    let mut worker = || command.spawn().unwrap();
     let mut doomed = worker();
     launched.wait_for_line("rank 0 joined");
     doomed.kill().unwrap();
@@ -571,17 +606,11 @@ fn a_worker_that_dies_at_the_rendezvous_gives_its_rank_back() {
     launched.wait_for_line("rank 0 left");
 
     let mut replacements = [worker(), worker()];
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = launched.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish with the replacements"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_for_exit(
+        &mut launched.child,
+        Duration::from_secs(120),
+        "the run with the replacements",
+    );
     for replacement in &mut replacements {
         assert!(replacement.wait().unwrap().success());
     }
@@ -603,13 +632,8 @@ fn an_interrupted_coordinator_stops_its_external_workers() {
             .replace("world_size = 2\n", ""),
     );
     let launched = Launched::spawn(&fx);
-    let hint = launched.wait_for_line("INCEPT_TOKEN=");
-    let words: Vec<&str> = hint.split_whitespace().collect();
-    let token = words[0].trim_start_matches("INCEPT_TOKEN=");
-    let url = words[words.len() - 1];
-    let mut worker = Command::new(worker_bin())
-        .args(["--coordinator", url, "--token", token])
-        .stdout(Stdio::null())
+    let mut worker = launched
+        .worker_command()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -617,17 +641,11 @@ fn an_interrupted_coordinator_stops_its_external_workers() {
     let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(130));
     // Told by the coordinator, well before the 60 s heartbeat timeout would end it.
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            break status;
-        }
-        if stopped.elapsed() > Duration::from_secs(30) {
-            worker.kill().unwrap();
-            panic!("the external worker trains on after its coordinator was interrupted");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_for_exit(
+        &mut worker,
+        Duration::from_secs(30),
+        "the external worker of an interrupted coordinator",
+    );
     let mut stderr = String::new();
     worker
         .stderr
@@ -665,14 +683,8 @@ fn an_external_worker_stops_when_its_coordinator_is_lost() {
         ),
     );
     let launched = Launched::spawn(&fx);
-    // "  INCEPT_TOKEN=<token> worker --coordinator <url>"
-    let hint = launched.wait_for_line("INCEPT_TOKEN=");
-    let words: Vec<&str> = hint.split_whitespace().collect();
-    let token = words[0].trim_start_matches("INCEPT_TOKEN=");
-    let url = words[words.len() - 1];
-    let mut worker = Command::new(worker_bin())
-        .args(["--coordinator", url, "--token", token])
-        .stdout(Stdio::null())
+    let mut worker = launched
+        .worker_command()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -688,16 +700,11 @@ fn an_external_worker_stops_when_its_coordinator_is_lost() {
     let status = signal_and_wait(launched.child, "KILL", Duration::from_secs(15));
     assert_eq!(status.code(), None);
     let lost = Instant::now();
-    let status = loop {
-        if let Some(status) = worker.try_wait().unwrap() {
-            break status;
-        }
-        if lost.elapsed() > Duration::from_secs(60) {
-            worker.kill().unwrap();
-            panic!("the worker still trains a minute after its coordinator died");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_for_exit(
+        &mut worker,
+        Duration::from_secs(60),
+        "the worker of a dead coordinator",
+    );
     let stderr: Vec<String> = worker_lines.iter().collect();
     let stderr = stderr.join("\n");
     assert!(
@@ -714,17 +721,9 @@ fn an_external_worker_stops_when_its_coordinator_is_lost() {
 
 #[test]
 fn resume_takes_a_checkpoint_written_while_the_coordinator_was_down() {
-    let experiment =
-        TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 3\n";
-    let fx = Fixture::new(&experiment);
+    let fx = Fixture::new(&checkpointed());
     let launched = Launched::spawn(&fx);
-    let run_line = launched.wait_for_line("coordinator at");
-    let run_id = run_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_string();
+    let run_id = launched.run_id();
     launched.wait_for_line("checkpoint step 16 committed");
     interrupt_and_wait(launched.child, Duration::from_secs(15));
     // As if the coordinator had been down when rank 0 wrote step 16: on disk, never committed.
@@ -768,27 +767,13 @@ fn losses(fx: &Fixture) -> Vec<(i64, f64)> {
 
 #[test]
 fn interrupted_run_resumes_with_identical_losses() {
-    let experiment =
-        TINY.replace("epochs = 2", "epochs = 3") + "[checkpoint]\nevery_steps = 8\nkeep = 2\n";
-    // The reference: the same experiment, uninterrupted.
-    let reference = Fixture::new(&experiment);
-    let mut cmd = reference.coordinator(&["launch"]);
-    cmd.arg(reference.experiment());
-    let out = run_with_limit(cmd, Duration::from_secs(300));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let expected = losses(&reference);
-    assert_eq!(expected.len(), 72);
+    let expected = &uninterrupted().losses;
+    let experiment = checkpointed();
 
     // Interrupt a second run once its checkpoint of step 16 is committed, then resume it.
     let fx = Fixture::new(&experiment);
     let launched = Launched::spawn(&fx);
-    let run_line = launched.wait_for_line("coordinator at");
-    let run_id = run_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(':')
-        .to_string();
+    let run_id = launched.run_id();
     launched.wait_for_line("checkpoint step 16 committed");
     let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(130));
@@ -848,13 +833,8 @@ fn interrupted_run_resumes_with_identical_losses() {
     );
 
     // Every step, before and after the interruption, has the uninterrupted run's loss.
-    assert_eq!(losses(&fx), expected);
-    let final_top1 = |fx: &Fixture| -> f64 {
-        fx.db()
-            .query_row("SELECT val_top1 FROM runs", [], |r| r.get(0))
-            .unwrap()
-    };
-    assert_eq!(final_top1(&fx), final_top1(&reference));
+    assert_eq!(&losses(&fx), expected);
+    assert_eq!(final_top1(&fx), uninterrupted().top1);
     // Only the newest `keep` checkpoints remain, on disk and in the database.
     let kept: i64 = fx
         .db()
