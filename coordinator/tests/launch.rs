@@ -1,7 +1,7 @@
 //! End-to-end tests: the real `coordinator` binary launching real `worker` processes that train
 //! over real sockets and report over gRPC into a real SQLite file.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -637,7 +637,13 @@ fn an_interrupted_coordinator_stops_its_external_workers() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    launched.wait_for_line("rank 0 joined");
+    let (tx, worker_lines) = mpsc::channel();
+    forward_lines(worker.stderr.take().unwrap(), tx);
+    // The worker holds its assignment (the coordinator's "joined" comes before its answer).
+    worker_lines
+        .iter()
+        .find(|line| line.contains("joined"))
+        .expect("the worker joins");
     let status = interrupt_and_wait(launched.child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(130));
     // Told by the coordinator, well before the 60 s heartbeat timeout would end it.
@@ -646,13 +652,7 @@ fn an_interrupted_coordinator_stops_its_external_workers() {
         Duration::from_secs(30),
         "the external worker of an interrupted coordinator",
     );
-    let mut stderr = String::new();
-    worker
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = worker_lines.iter().collect::<Vec<_>>().join("\n");
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("stopped by the coordinator"), "{stderr}");
 }

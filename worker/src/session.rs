@@ -130,11 +130,11 @@ impl Session {
         .await
         .context("training thread panicked")?;
         heartbeat.abort();
-        // A worker that lost its coordinator says so, not what the abort did to its collective.
-        let outcome = match progress.lost.get() {
-            Some(reason) => Err(anyhow::anyhow!("{reason}")),
-            None => outcome,
-        };
+        // A stopped worker says why, not what the abort did to its collective.
+        let outcome = outcome.map_err(|error| match progress.stop_reason.get() {
+            Some(reason) => anyhow::anyhow!("{reason}"),
+            None => error,
+        });
         // The report sender was moved into the training closure and is dropped: drain.
         reporting.await.context("reporting task panicked")?;
 
@@ -184,11 +184,11 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
         match client.heartbeat(HeartbeatRequest { rank, step }).await {
             Ok(reply) if reply.get_ref().stop => {
                 tracing::warn!("the coordinator stopped the run");
-                progress.stop();
+                progress.stop(format!("stopped by the coordinator at step {step}"));
             }
             Ok(_) => answered = Instant::now(),
             Err(status) if answered.elapsed() >= beats.lost_after => {
-                progress.give_up(format!(
+                progress.stop(format!(
                     "lost the coordinator: no heartbeat answered for {:?} (cluster.heartbeat_timeout_s; \
                      last error: {}); stopped at step {step}",
                     beats.lost_after,

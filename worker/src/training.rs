@@ -34,25 +34,20 @@ pub enum Report {
 pub struct Progress {
     /// Optimizer steps completed.
     pub step: AtomicU64,
-    /// Set when the coordinator asks the run to stop.
+    /// Set when the run must stop (the coordinator said so, or is lost).
     pub stop: AtomicBool,
     /// Aborts the communicator once it is connected, so a stop also ends a collective blocked on a
     /// lost peer at once instead of at its deadline.
     pub abort: OnceLock<AbortHandle>,
-    /// Why the worker stopped on its own (it lost the coordinator), reported instead of the
-    /// aborted collective's error.
-    pub lost: OnceLock<String>,
+    /// Why training stopped, reported instead of the aborted collective's error.
+    pub stop_reason: OnceLock<String>,
 }
 
 impl Progress {
-    /// Stops training because of `reason`, which becomes the worker's error.
-    pub fn give_up(&self, reason: String) {
-        let _ = self.lost.set(reason);
-        self.stop();
-    }
-
-    /// Asks the training thread to stop, aborting its collectives.
-    pub fn stop(&self) {
+    /// Stops training because of `reason` (the first one given is kept), aborting its
+    /// collectives.
+    pub fn stop(&self, reason: String) {
+        let _ = self.stop_reason.set(reason);
         self.stop.store(true, Ordering::Relaxed);
         if let Some(abort) = self.abort.get() {
             abort.abort();

@@ -10,7 +10,7 @@ use incept_common::proto::WorkerResult;
 use incept_common::train::checkpoint;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::launcher::LocalWorkers;
+use crate::launcher::{ExitedWorker, LocalWorkers};
 use crate::progress::Progress;
 use crate::service::{Event, RunContext};
 use crate::store::{LEASE_RENEW_S, Store, rates};
@@ -249,18 +249,17 @@ impl<'a> Monitor<'a> {
         // reported it.
         exited.sort_by_key(|worker| !worker.killed);
         // A worker that exited without reporting died on its own (killed, crashed).
-        let unreported = exited.iter().find(|worker| {
-            let rank = worker
-                .pid
-                .and_then(|pid| self.pids.iter().position(|&p| p == Some(pid)));
-            rank.is_none_or(|rank| self.failures[rank].is_none())
-        });
-        if let Some(worker) = unreported {
-            let rank = worker
-                .pid
-                .and_then(|pid| self.pids.iter().position(|&p| p == Some(pid)))
-                .map_or_else(|| "a worker".to_string(), |rank| format!("rank {rank}"));
-            return Some(consequences(format!("{rank} died: {}", worker.description)));
+        let rank_of = |worker: &ExitedWorker| {
+            let pid = worker.pid?;
+            self.pids.iter().position(|&p| p == Some(pid))
+        };
+        let unreported = exited
+            .iter()
+            .map(|worker| (worker, rank_of(worker)))
+            .find(|(_, rank)| rank.is_none_or(|rank| self.failures[rank].is_none()));
+        if let Some((worker, rank)) = unreported {
+            let who = rank.map_or_else(|| "a worker".to_string(), |rank| format!("rank {rank}"));
+            return Some(consequences(format!("{who} died: {}", worker.description)));
         }
         let since = self.failing_since?;
         // Three missed heartbeats: the rank is gone, whatever the others report.
@@ -283,13 +282,10 @@ impl<'a> Monitor<'a> {
     }
 
     fn check_health(&mut self) -> Option<Outcome> {
-        if self.failing_since.is_some()
-            || self
-                .workers
-                .as_mut()
-                .is_some_and(|w| !w.failures().is_empty())
-        {
-            return self.attribute();
+        // A worker that exited, or a failure whose root cause is still being looked for.
+        let failed = self.attribute();
+        if failed.is_some() || self.failing_since.is_some() {
+            return failed;
         }
         if !self.ctx.rendezvous.is_complete() && Instant::now() > self.join_deadline {
             return Some(Outcome::Failed(format!(
