@@ -41,7 +41,7 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Act as a worker (what the local launcher runs when no `worker` binary is installed).
+    /// Act as a worker (what the local launcher runs, unless INCEPT_WORKER_BIN names another).
     #[command(hide = true)]
     Worker(incept_worker::WorkerArgs),
     /// The architectures this build knows: parameters, MACs, input size, stage shapes.

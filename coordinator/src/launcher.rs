@@ -21,8 +21,9 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    /// `$INCEPT_WORKER_BIN`, else the `worker` binary next to this executable, else this
-    /// executable's hidden `worker` subcommand (same code, linked in).
+    /// `$INCEPT_WORKER_BIN`, else this executable's hidden `worker` subcommand: the same code
+    /// from the same build, so a `worker` binary left next to it by an earlier build can never
+    /// train with a protocol or config schema the coordinator does not speak.
     pub fn locate() -> anyhow::Result<Self> {
         if let Some(path) = std::env::var_os(WORKER_BIN_ENV) {
             let program = PathBuf::from(path);
@@ -37,18 +38,9 @@ impl WorkerCommand {
                 leading_args: Vec::new(),
             });
         }
-        let this = std::env::current_exe().context("locating the coordinator executable")?;
-        let sibling = this.with_file_name("worker");
-        Ok(if sibling.is_file() {
-            Self {
-                program: sibling,
-                leading_args: Vec::new(),
-            }
-        } else {
-            Self {
-                program: this,
-                leading_args: vec!["worker"],
-            }
+        Ok(Self {
+            program: std::env::current_exe().context("locating the coordinator executable")?,
+            leading_args: vec!["worker"],
         })
     }
 }

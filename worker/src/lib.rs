@@ -1,8 +1,8 @@
 //! The incept worker: joins a run, trains one data-parallel replica with its peers, and
 //! reports heartbeats, step metrics and its result to the coordinator.
 //!
-//! A library so that the `coordinator` binary can also act as a worker (`coordinator worker`)
-//! when no `worker` binary sits next to it, e.g. after `cargo run --bin coordinator`.
+//! A library so that the `coordinator` binary also acts as a worker (`coordinator worker`): the
+//! local launcher runs that, the same build as the coordinator that starts it.
 
 #![warn(missing_docs)]
 
