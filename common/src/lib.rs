@@ -4,7 +4,7 @@
 //! of the others but the [`collective`]'s wire format), the Inception [`model`]s and training
 //! [`data`] (each reading the config), the cross-domain checks that [`resolve`] an experiment,
 //! the compute [`device`], gradient [`collective`]s, and data-parallel [`train`]ing, which uses
-//! them all. [`proto`] is the gRPC protocol; [`fsutil`] and [`logging`] are leaves.
+//! them all. [`proto`] is the gRPC protocol; [`fsutil`], [`npy`] and [`logging`] are leaves.
 
 #![warn(missing_docs)]
 
@@ -15,6 +15,7 @@ pub mod device;
 pub mod fsutil;
 pub mod logging;
 pub mod model;
+pub mod npy;
 pub mod proto;
 pub mod resolve;
 #[cfg(any(test, feature = "testing"))]

@@ -12,9 +12,21 @@ use crate::model::registry;
 
 /// Reads `file` with its environment and `--set` layers ([`config::read`]) and [`check`]s it.
 pub fn load(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
-    let experiment = config::read(file, overrides)?;
+    checked(config::read(file, overrides)?, file)
+}
+
+/// [`load`] for a resolved experiment's text ([`config::read_over`]); `origin` names it.
+pub fn load_over(
+    text: &str,
+    origin: &Path,
+    overrides: &[String],
+) -> Result<Experiment, ConfigError> {
+    checked(config::read_over(text, origin, overrides)?, origin)
+}
+
+fn checked(experiment: Experiment, origin: &Path) -> Result<Experiment, ConfigError> {
     check(&experiment).map_err(|problems| ConfigError::Invalid {
-        file: file.to_path_buf(),
+        file: origin.to_path_buf(),
         problems,
     })?;
     Ok(experiment)

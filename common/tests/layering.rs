@@ -21,6 +21,18 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "npy",
+        &[
+            "config",
+            "model",
+            "data",
+            "resolve",
+            "train",
+            "collective",
+            "device",
+        ],
+    ),
+    (
         "collective",
         &["config", "model", "data", "resolve", "train", "device"],
     ),

@@ -19,6 +19,7 @@ fn resumed_replica_matches_uninterrupted_bit_for_bit() {
     }
     let root = tempfile::tempdir().unwrap();
     let dir = checkpoint::write(root.path(), &first.state(3), &exp.to_toml()).unwrap();
+    let evaluated_before = first.evaluate().unwrap();
     drop(first);
 
     // A replica initialised differently proves the restore replaces every weight.
@@ -33,6 +34,9 @@ fn resumed_replica_matches_uninterrupted_bit_for_bit() {
         .restore(checkpoint::read(&dir).unwrap())
         .unwrap();
     assert_eq!(resumed.params(), resumed_same.params());
+    // What `coordinator eval` does: a restored replica evaluates as the one that wrote it (on
+    // the same data: the synthetic images follow the run's seed).
+    assert_eq!(resumed_same.evaluate().unwrap(), evaluated_before);
 
     for s in 3..6 {
         assert_eq!(

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{CollectiveBackend, DataSource, Experiment, ScheduleKind, WarmupKind};
+use super::{CollectiveBackend, Crops, DataSource, Experiment, ScheduleKind, WarmupKind};
 use crate::collective::WireFormat;
 
 impl Experiment {
@@ -98,6 +98,12 @@ impl Experiment {
         check.fraction("data.augment.min_object_covered", a.min_object_covered);
         check.at_least("data.augment.max_attempts", a.max_attempts, 1);
         check.rate("data.augment.eval_crop", a.eval_crop);
+        check.require(
+            a.eval_crops == Crops::One || d.source != DataSource::Synthetic,
+            "data.augment.eval_crops",
+            a.eval_crops.count(),
+            "needs images to crop: the synthetic source makes model-ready inputs (use 1)",
+        );
 
         let t = &self.train;
         check.at_least("train.batch_size", t.batch_size, 1);
@@ -110,7 +116,9 @@ impl Experiment {
         check.fraction("train.ema_decay", t.ema_decay);
         check.at_least("train.max_nonfinite_steps", t.max_nonfinite_steps, 1);
         check.fraction("train.label_smoothing", t.label_smoothing);
-        if t.batch_size >= 1 && t.accumulate >= 1 && c.world_size >= 1 {
+        // A run with no step to train (an evaluation) needs no training batch.
+        let trains = t.max_steps != Some(0);
+        if trains && t.batch_size >= 1 && t.accumulate >= 1 && c.world_size >= 1 {
             check.require(
                 self.steps_per_epoch() >= 1,
                 "data.train_samples",

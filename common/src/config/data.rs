@@ -93,8 +93,71 @@ pub struct AugmentSection {
     pub flip: bool,
     /// TF-slim's colour distortion (brightness, saturation, hue, contrast).
     pub color: bool,
-    /// Evaluation: the central fraction of each side kept before resizing.
+    /// Evaluation: the central fraction of each side kept before resizing (with 10 crops: the
+    /// side of each crop, as a fraction of the image's shorter side).
     pub eval_crop: f64,
+    /// Evaluation protocol: 1 central crop, 10 crops (corners and centre, each flipped) or
+    /// GoogLeNet's 144; the model's logits are averaged over an image's crops.
+    pub eval_crops: Crops,
+}
+
+/// The evaluation crop protocols of the Inception papers' tables (1 crop: Inception-v4 Table 2;
+/// multi-crop: Tables 3 and 4). See `data::crops` for the crop boxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub enum Crops {
+    /// The central `eval_crop` fraction of each side.
+    One,
+    /// The four corners and the centre, each also flipped.
+    Ten,
+    /// GoogLeNet's: 4 scales × 3 squares × 6 crops × 2 flips.
+    GoogLeNet144,
+}
+
+impl Crops {
+    /// Model inputs per image.
+    pub fn count(self) -> usize {
+        match self {
+            Crops::One => 1,
+            Crops::Ten => 10,
+            Crops::GoogLeNet144 => 144,
+        }
+    }
+
+    /// The protocol's name in reports and the run database: `1-crop`, `10-crop`, `144-crop`.
+    pub fn name(self) -> String {
+        format!("{}-crop", self.count())
+    }
+}
+
+impl TryFrom<u32> for Crops {
+    type Error = String;
+
+    fn try_from(count: u32) -> Result<Self, String> {
+        match count {
+            1 => Ok(Crops::One),
+            10 => Ok(Crops::Ten),
+            144 => Ok(Crops::GoogLeNet144),
+            other => Err(format!("{other} crops: the protocols are 1, 10 and 144")),
+        }
+    }
+}
+
+impl From<Crops> for u32 {
+    fn from(crops: Crops) -> Self {
+        crops.count() as u32
+    }
+}
+
+impl std::str::FromStr for Crops {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let count: u32 = text
+            .parse()
+            .map_err(|_| format!("{text:?}: the crop protocols are 1, 10 and 144"))?;
+        Crops::try_from(count)
+    }
 }
 
 impl Default for AugmentSection {
@@ -107,6 +170,7 @@ impl Default for AugmentSection {
             flip: true,
             color: false,
             eval_crop: 0.875,
+            eval_crops: Crops::One,
         }
     }
 }

@@ -62,14 +62,38 @@ pub fn read(file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError
     if !file.is_file() {
         return Err(ConfigError::NotAFile(file.to_path_buf()));
     }
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from(file).format(config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                .try_parsing(true),
-        );
+    layered(
+        config::File::from(file).format(config::FileFormat::Toml),
+        file,
+        overrides,
+    )
+}
+
+/// A resolved experiment `text` (a run's own, say) with the environment and `--set` layers over
+/// it, as [`read`] does for a file; `origin` names it in errors.
+pub fn read_over(
+    text: &str,
+    origin: &Path,
+    overrides: &[String],
+) -> Result<Experiment, ConfigError> {
+    layered(
+        config::File::from_str(text, config::FileFormat::Toml),
+        origin,
+        overrides,
+    )
+}
+
+/// The base layer, then `INCEPT__…` environment variables, then `--set` overrides.
+fn layered<S>(base: S, file: &Path, overrides: &[String]) -> Result<Experiment, ConfigError>
+where
+    S: config::Source + Send + Sync + 'static,
+{
+    let mut builder = config::Config::builder().add_source(base).add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true),
+    );
     for item in overrides {
         let (key, value) = item
             .split_once('=')

@@ -121,6 +121,9 @@ pub struct ModelSection {
     pub bn_momentum: f64,
     /// TF-slim's auxiliary classifier on the 17×17 map (needs image_size ≥ 107).
     pub aux_head: bool,
+    /// Inception-v3: the in-block 3×3 average pools count the zero padding in the mean, as
+    /// timm's (and torchvision's) v3 does; TF-slim, the reference, does not.
+    pub avg_pool_count_pad: bool,
     /// Initial weights: a file written by `coordinator models import` (incept module paths).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
@@ -143,6 +146,7 @@ impl Default for ModelSection {
             dropout: 0.2,
             bn_momentum: 0.0003,
             aux_head: false,
+            avg_pool_count_pad: false,
             init_from: None,
         }
     }

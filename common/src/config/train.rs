@@ -151,6 +151,9 @@ pub struct TrainSection {
     /// Decay of the weight moving average used for evaluation (0 = off). As in TF, the
     /// effective decay at update n is min(ema_decay, (1 + n) / (10 + n)).
     pub ema_decay: f64,
+    /// Whether evaluations use the weight average (when `ema_decay` > 0) rather than the
+    /// trained weights, as the paper's reported figures do.
+    pub evaluate_average: bool,
     /// Distributed evaluation every this many steps (0 = only at the end).
     pub eval_every: u64,
     /// Dead-unit probe every this many steps (0 = off): zero fraction of the final feature
@@ -181,6 +184,7 @@ impl Default for TrainSection {
             weight_decay: 4e-5,
             clip_global_norm: 2.0,
             ema_decay: 0.9999,
+            evaluate_average: true,
             eval_every: 0,
             probe_every: 0,
             check_replicas_every: 100,

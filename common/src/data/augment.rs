@@ -2,13 +2,14 @@
 //!
 //! Training: a distorted bounding box (area and aspect ratio drawn uniformly from their ranges,
 //! up to `max_attempts` tries, then a central crop), resized to the input side, a random
-//! horizontal flip and optional colour distortion. Evaluation: the central `eval_crop` fraction
-//! of each side, resized. Both end in [-1, 1]. Every random draw comes from the caller's RNG, so
+//! horizontal flip and optional colour distortion. Evaluation: the crops of the configured
+//! protocol ([`super::crops`]; by default the central `eval_crop` fraction of each side), resized. Both end in [-1, 1]. Every random draw comes from the caller's RNG, so
 //! a sample's augmentation is a pure function of how that RNG was seeded.
 
 use rand::Rng;
 
 use super::Split;
+use super::crops;
 use super::image::{CropBox, Rgb8, crop_resize_into};
 use super::source::RawImage;
 use crate::config::AugmentSection;
@@ -23,7 +24,17 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// Writes the model input for `raw` into `out` (CHW, `3 × image_size²`).
+    /// Model inputs made of each sample of `split`: one for training, the evaluation protocol's
+    /// crops for validation.
+    pub fn views(&self, split: Split) -> usize {
+        match split {
+            Split::Train => 1,
+            Split::Validation => self.augment.eval_crops.count(),
+        }
+    }
+
+    /// Writes the model inputs for `raw` into `out` ([`Preprocess::views`] CHW inputs of
+    /// `3 × image_size²`).
     pub fn apply(
         &self,
         raw: &RawImage,
@@ -61,8 +72,10 @@ impl Preprocess {
                 }
             }
             Split::Validation => {
-                let crop = central_box(image.width, image.height, a.eval_crop);
-                crop_resize_into(&image, crop, self.image_size, false, out);
+                let side = self.image_size;
+                let views =
+                    crops::views(a.eval_crops, image.width, image.height, side, a.eval_crop);
+                crops::render(&image, &views, side, out);
             }
         }
         Ok(())

@@ -81,7 +81,7 @@ impl Rgb8 {
 }
 
 /// A rectangle of source pixels.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CropBox {
     /// Column of the left edge.
     pub x: usize,
@@ -98,17 +98,54 @@ thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }
 
+impl Rgb8 {
+    /// The whole image as a crop box.
+    pub fn bounds(&self) -> CropBox {
+        CropBox {
+            x: 0,
+            y: 0,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    /// The image resized to `width`×`height` (antialiased bilinear, as [`crop_resize_into`]).
+    pub fn resized(&self, width: usize, height: usize) -> Rgb8 {
+        let mut resized = Image::new(width as u32, height as u32, PixelType::U8x3);
+        RESIZER
+            .with(|r| {
+                r.borrow_mut()
+                    .resize(&self.as_ref(), &mut resized, &resize_options())
+            })
+            .expect("resizing between two RGB8 images");
+        Rgb8 {
+            width,
+            height,
+            data: resized.into_vec(),
+        }
+    }
+
+    fn as_ref(&self) -> ImageRef<'_> {
+        ImageRef::new(
+            self.width as u32,
+            self.height as u32,
+            &self.data,
+            PixelType::U8x3,
+        )
+        .expect("an RGB8 image holds width × height × 3 bytes")
+    }
+}
+
+/// Bilinear convolution, its kernel widened when shrinking (antialiased).
+fn resize_options() -> ResizeOptions {
+    ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+}
+
 /// Resizes `crop` of `image` to `side`×`side` (antialiased bilinear), mirrored when `flip`, into
 /// `out` as CHW floats scaled from [0, 255] to [-1, 1].
 pub fn crop_resize_into(image: &Rgb8, crop: CropBox, side: usize, flip: bool, out: &mut [f32]) {
     assert_eq!(out.len(), 3 * side * side, "output buffer size");
-    let src = ImageRef::new(
-        image.width as u32,
-        image.height as u32,
-        &image.data,
-        PixelType::U8x3,
-    )
-    .expect("an RGB8 image holds width × height × 3 bytes");
+    let src = image.as_ref();
     // A view of the crop alone: as crop-then-resize, no pixel outside it is sampled.
     let cropped = CroppedImage::new(
         &src,
@@ -119,9 +156,11 @@ pub fn crop_resize_into(image: &Rgb8, crop: CropBox, side: usize, flip: bool, ou
     )
     .expect("crop boxes lie inside their image");
     let mut resized = Image::new(side as u32, side as u32, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     RESIZER
-        .with(|r| r.borrow_mut().resize(&cropped, &mut resized, &options))
+        .with(|r| {
+            r.borrow_mut()
+                .resize(&cropped, &mut resized, &resize_options())
+        })
         .expect("resizing between two RGB8 images");
 
     let (pixels, plane) = (resized.buffer(), side * side);
@@ -160,15 +199,6 @@ mod tests {
         }
     }
 
-    fn whole(image: &Rgb8) -> CropBox {
-        CropBox {
-            x: 0,
-            y: 0,
-            width: image.width,
-            height: image.height,
-        }
-    }
-
     #[test]
     fn same_size_is_the_identity_up_to_scaling() {
         let image = gradient(9, 7);
@@ -197,7 +227,7 @@ mod tests {
         };
         for side in [5, 23, 64] {
             let mut out = vec![0.0; 3 * side * side];
-            crop_resize_into(&image, whole(&image), side, true, &mut out);
+            crop_resize_into(&image, image.bounds(), side, true, &mut out);
             for (c, value) in [200.0f32, 10.0, 90.0].into_iter().enumerate() {
                 let plane = &out[c * side * side..(c + 1) * side * side];
                 assert!(
@@ -214,8 +244,8 @@ mod tests {
         let image = gradient(40, 30);
         let side = 16;
         let (mut plain, mut mirrored) = (vec![0.0; 3 * side * side], vec![0.0; 3 * side * side]);
-        crop_resize_into(&image, whole(&image), side, false, &mut plain);
-        crop_resize_into(&image, whole(&image), side, true, &mut mirrored);
+        crop_resize_into(&image, image.bounds(), side, false, &mut plain);
+        crop_resize_into(&image, image.bounds(), side, true, &mut mirrored);
         for y in 0..side {
             for x in 0..side {
                 let a = plain[y * side + x];

@@ -43,7 +43,8 @@ impl Pipeline {
     /// broken dataset is an error.
     pub fn load(&self, job: &Job) -> anyhow::Result<Batch> {
         let side = self.preprocess.image_size;
-        let size = 3 * side * side;
+        let views = self.preprocess.views(job.split);
+        let size = views * 3 * side * side;
         let mut pixels = vec![0.0f32; job.indices.len() * size];
         let mut labels = Vec::with_capacity(job.indices.len());
         let mut bad_samples = Vec::new();
@@ -69,6 +70,7 @@ impl Pipeline {
             pixels,
             labels,
             image_size: side,
+            views,
             bad_samples,
         })
     }

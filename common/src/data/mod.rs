@@ -6,10 +6,12 @@
 //!   [`tfrecord`], written by [`pack`]); [`open()`] opens the one an experiment names;
 //! - [`plan`]: epoch plans over shards, with resume positions;
 //! - [`devkit`]: the ILSVRC-2012 devkit's `meta.mat`, for numeric validation labels;
-//! - [`image`] and [`augment`]: JPEG decoding and Inception preprocessing;
+//! - [`image`], [`augment`] and [`crops`]: JPEG decoding, Inception preprocessing and the
+//!   evaluation crop protocols;
 //! - [`loader`]: threads that build batches ahead of the training loop.
 
 pub mod augment;
+pub mod crops;
 pub mod devkit;
 pub mod folders;
 pub mod idx;
@@ -43,12 +45,15 @@ pub enum Split {
 /// A batch of images in NCHW layout, scaled to [-1, 1], with their class labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `len() * 3 * image_size * image_size` values, image after image.
+    /// `len() * views * 3 * image_size * image_size` values, image after image (an image's
+    /// views one after another).
     pub pixels: Vec<f32>,
     /// One class index per image.
     pub labels: Vec<i64>,
     /// Square image side.
     pub image_size: usize,
+    /// Model inputs per image: 1, or the evaluation protocol's crops.
+    pub views: usize,
     /// Samples left out because they could not be used (each with its location and reason).
     pub bad_samples: Vec<String>,
 }

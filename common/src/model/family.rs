@@ -14,6 +14,9 @@ pub struct Family {
     pub presets: &'static [(BlockPreset, [usize; 3])],
     /// Whether the family has TF-slim's auxiliary classifier (`model.aux_head`).
     pub aux_head: bool,
+    /// Whether the family's in-block average pools can count their padding
+    /// (`model.avg_pool_count_pad`: timm's Inception-v3 convention).
+    pub avg_pool_count_pad: bool,
 }
 
 impl Family {
@@ -34,7 +37,8 @@ impl Family {
             .unwrap_or_default()
     }
 
-    /// Checks that `blocks`, `block_preset` and `aux_head` apply to this family.
+    /// Checks that `blocks`, `block_preset`, `aux_head` and `avg_pool_count_pad` apply to this
+    /// family.
     pub fn check_knobs(&self, model: &ModelSection) -> Result<(), String> {
         let arch = model.arch;
         if self.reference_blocks.is_none()
@@ -50,6 +54,12 @@ impl Family {
         }
         if model.aux_head && !self.aux_head {
             return Err(format!("{arch} has no auxiliary head"));
+        }
+        if model.avg_pool_count_pad && !self.avg_pool_count_pad {
+            return Err(format!(
+                "{arch} has no avg_pool_count_pad knob: its average pools exclude the padding, \
+                 as timm's do"
+            ));
         }
         Ok(())
     }

@@ -55,7 +55,8 @@ pub enum ImportError {
 }
 
 /// Everything that kept a file from loading into a module, each list complete, so one failed
-/// run shows the whole naming or shape problem. Names are the file's keys.
+/// run shows the whole naming or shape problem (the message: the counts, the first few names of
+/// each list, and a hint). Names are the file's keys.
 #[derive(Debug, Default)]
 pub struct Mismatch {
     /// The file that was read.
@@ -113,9 +114,21 @@ impl fmt::Display for Mismatch {
             "unsupported dtype",
             &self.unsupported,
             |(name, dtype)| format!("{name} ({dtype:?})"),
-        )
+        )?;
+        if !self.missing.is_empty() || !self.unexpected.is_empty() || !self.misshaped.is_empty() {
+            write!(
+                f,
+                "\n  (right architecture? mis-shaped tensors usually mean another width or class \
+                 count: --width / --num-classes, model.width / model.num_classes; missing or \
+                 unexpected blocks another depth: --blocks, model.blocks)"
+            )?;
+        }
+        Ok(())
     }
 }
+
+/// Names shown per list: enough to see the pattern, not a screenful.
+const SHOWN_PER_LIST: usize = 5;
 
 /// One line per non-empty list: `\n  label: a, b, c`.
 fn list<T>(
@@ -127,8 +140,12 @@ fn list<T>(
     if items.is_empty() {
         return Ok(());
     }
-    let shown: Vec<String> = items.iter().map(show).collect();
-    write!(f, "\n  {label}: {}", shown.join(", "))
+    let shown: Vec<String> = items.iter().take(SHOWN_PER_LIST).map(show).collect();
+    write!(f, "\n  {label}: {}", shown.join(", "))?;
+    if items.len() > SHOWN_PER_LIST {
+        write!(f, " and {} more", items.len() - SHOWN_PER_LIST)?;
+    }
+    Ok(())
 }
 
 /// Loads a timm state dict saved as safetensors (e.g. `safetensors.torch.save_file(
@@ -503,6 +520,32 @@ mod tests {
         let report = mismatch(load_timm_into(head(), &path, "blocks.1"));
         assert_eq!(report.unexpected, ["blocks.1.extra"]);
         assert!(report.missing.is_empty() && report.misshaped.is_empty());
+    }
+
+    #[test]
+    fn a_large_mismatch_reads_in_a_few_lines() {
+        let report = Mismatch {
+            file: PathBuf::from("w.safetensors"),
+            missing: (0..1000).map(|i| format!("blocks.{i}.weight")).collect(),
+            misshaped: vec![Misshaped {
+                name: "last_linear.weight".into(),
+                ours: vec![10, 1536],
+                theirs: vec![1000, 1536],
+            }],
+            ..Mismatch::default()
+        };
+        let text = report.to_string();
+        assert!(text.lines().count() <= 5, "{text}");
+        assert!(
+            text.contains("1000 missing, 0 unexpected, 1 mis-shaped"),
+            "{text}"
+        );
+        assert!(text.contains("blocks.4.weight and 995 more"), "{text}");
+        assert!(!text.contains("blocks.5.weight"), "{text}");
+        assert!(
+            text.contains("--num-classes") && text.contains("--blocks"),
+            "{text}"
+        );
     }
 
     #[test]

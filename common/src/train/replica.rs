@@ -12,6 +12,7 @@
 //! not finite is skipped on every rank alike.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -99,6 +100,10 @@ pub struct Replica<B: TrainBackend> {
     /// In host memory, the last step's flat gradient, whose buffer the next step gathers into.
     spare_grads: Option<Tensor<B::InnerBackend, 1>>,
     average: Option<WeightAverage<B::InnerBackend>>,
+    /// `train.evaluate_average`: evaluations use `average` when there is one.
+    evaluate_average: bool,
+    /// Validation images this rank has evaluated in its current (or last) evaluation.
+    evaluated: Arc<AtomicU64>,
     collective: Box<dyn Collective>,
     buckets: GradientBuckets,
     loss: CrossEntropyLoss<B>,
@@ -171,6 +176,8 @@ impl<B: TrainBackend> Replica<B> {
                 &device,
             ),
             average: (train.ema_decay > 0.0).then(|| WeightAverage::new(train.ema_decay, &params)),
+            evaluate_average: train.evaluate_average,
+            evaluated: Arc::default(),
             params,
             spare_grads: None,
             model,
@@ -215,6 +222,12 @@ impl<B: TrainBackend> Replica<B> {
             seed: exp.run.seed,
             device,
         })
+    }
+
+    /// The count of validation images this rank has evaluated in its current (or last)
+    /// evaluation, for progress reports from another thread.
+    pub fn evaluated(&self) -> Arc<AtomicU64> {
+        self.evaluated.clone()
     }
 
     /// This replica's rank in the data-parallel group.
@@ -453,8 +466,11 @@ impl<B: TrainBackend> Replica<B> {
             self.collective.rank(),
             self.collective.world_size(),
         );
+        // About `batch_size` model inputs per forward pass, whatever the crops per image.
+        let views = self.pipeline.preprocess.views(Split::Validation);
+        let per_batch = (self.batch_size / views).max(1);
         let chunks: Arc<Vec<Vec<u64>>> =
-            Arc::new(share.chunks(self.batch_size).map(<[u64]>::to_vec).collect());
+            Arc::new(share.chunks(per_batch).map(<[u64]>::to_vec).collect());
         let jobs = move |k: u64| {
             chunks.get(k as usize).map(|indices| Job {
                 split: Split::Validation,
@@ -517,27 +533,33 @@ impl<B: TrainBackend> Replica<B> {
     }
 
     /// Evaluates this rank's share of the validation split (with the weight average when
-    /// enabled) and sums the result over all ranks.
+    /// enabled and `train.evaluate_average`; each image's crops' logits averaged) and sums the
+    /// result over all ranks.
     pub fn evaluate(&mut self) -> anyhow::Result<Evaluation> {
-        let weights = self
-            .average
-            .as_ref()
-            .map_or(&self.params, WeightAverage::values);
+        self.adopt_rank0_statistics()?;
+        let weights = match &self.average {
+            Some(average) if self.evaluate_average => average.values(),
+            _ => &self.params,
+        };
         let model = with_flat_params(self.model.clone(), weights).valid();
         let loss = CrossEntropyLossConfig::new().init(&self.device);
         let mut totals = [0f32; 4]; // top-1, top-5, samples, summed loss
+        self.evaluated.store(0, Ordering::Relaxed);
         let mut loader = self.validation_loader();
         while let Some(batch) = loader.next_batch() {
             let batch = batch.context("loading validation data")?;
             for reason in &batch.bad_samples {
                 tracing::warn!("validation image skipped: {reason}");
             }
+            let seen = batch.len() + batch.bad_samples.len();
+            self.evaluated.fetch_add(seen as u64, Ordering::Relaxed);
             if batch.is_empty() {
                 continue;
             }
-            let count = batch.len() as f32;
+            let (count, views) = (batch.len(), batch.views);
             let (inputs, targets) = batch_tensors::<B::InnerBackend>(batch, &self.device);
-            let logits = model.forward(inputs);
+            let logits = average_views(model.forward(inputs), count, views);
+            let count = count as f32;
             let batch_loss: f32 = loss
                 .forward(logits.clone(), targets.clone())
                 .into_scalar()
@@ -565,6 +587,25 @@ impl<B: TrainBackend> Replica<B> {
             loss: f64::from(totals[3]) / f64::from(totals[2].max(1.0)),
         })
     }
+
+    /// Gives every rank rank 0's BatchNorm running statistics. Each rank accumulates them from
+    /// its own batches; rank 0's are the ones checkpointed, so after this every rank evaluates
+    /// the model a checkpoint holds (and `coordinator eval` of it, or a resumed run, agrees).
+    /// Training is unaffected: it normalises with batch statistics.
+    fn adopt_rank0_statistics(&mut self) -> anyhow::Result<()> {
+        if self.collective.world_size() == 1 {
+            return Ok(());
+        }
+        let mut buffers = params::flatten_buffers(&self.model.valid());
+        if self.collective.rank() != 0 {
+            buffers.fill(0.0);
+        }
+        self.collective
+            .all_reduce(&mut buffers, ReduceOp::Sum, WireFormat::F32)
+            .context("sharing rank 0's BatchNorm statistics")?;
+        self.model = params::load_buffers(self.model.clone(), &buffers);
+        Ok(())
+    }
 }
 
 /// `model` with its trainable parameters taken from `flat`: views of it on a device, copies of
@@ -588,6 +629,18 @@ fn step_seed(seed: u64, step: u64, rank: usize) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The mean logits of each image's `views` consecutive rows (the multi-crop protocols).
+fn average_views<B: Backend>(logits: Tensor<B, 2>, images: usize, views: usize) -> Tensor<B, 2> {
+    if views == 1 {
+        return logits;
+    }
+    let classes = logits.dims()[1];
+    logits
+        .reshape([images, views, classes])
+        .mean_dim(1)
+        .reshape([images, classes])
+}
+
 /// Samples whose true class is among the `k` highest logits (ties count in the sample's favour).
 fn hits_within_top<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>, k: usize) -> i64 {
     let truth = logits.clone().gather(1, targets.unsqueeze_dim(1));
@@ -595,13 +648,14 @@ fn hits_within_top<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>,
     higher.lower_elem(k as i64).int().sum().into_scalar().elem()
 }
 
+/// A batch as model inputs (`len × views` images, an image's views together) and labels.
 fn batch_tensors<B: Backend>(
     batch: Batch,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
     let side = batch.image_size;
     let n = batch.len();
-    let pixels = TensorData::new(batch.pixels, [n, 3, side, side]);
+    let pixels = TensorData::new(batch.pixels, [n * batch.views, 3, side, side]);
     let labels = TensorData::new(batch.labels, [n]);
     (
         Tensor::from_data(pixels, device),

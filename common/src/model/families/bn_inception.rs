@@ -67,6 +67,7 @@ impl BnInceptionConfig {
         reference_blocks: None,
         presets: &[],
         aux_head: false,
+        avg_pool_count_pad: false,
     };
 
     /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).

@@ -90,6 +90,7 @@ impl InceptionResNetV1Config {
             (BlockPreset::Facenet, [5, 10, 5]),
         ],
         aux_head: false,
+        avg_pool_count_pad: false,
     };
 
     /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).

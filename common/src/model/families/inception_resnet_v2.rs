@@ -85,6 +85,7 @@ impl InceptionResNetV2Config {
             (BlockPreset::Paper, [5, 10, 4]),
         ],
         aux_head: true,
+        avg_pool_count_pad: false,
     };
 
     /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).

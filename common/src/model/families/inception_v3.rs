@@ -84,6 +84,7 @@ impl InceptionV3Config {
         reference_blocks: None,
         presets: &[],
         aux_head: true,
+        avg_pool_count_pad: true,
     };
 
     /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
@@ -93,6 +94,7 @@ impl InceptionV3Config {
             .with_dropout(model.dropout)
             .with_bn_momentum(model.bn_momentum)
             .with_aux_head(model.aux_head)
+            .with_count_include_pad(model.avg_pool_count_pad)
     }
 
     /// Builds the network with burn's default (Kaiming-uniform) initialisation.

@@ -75,6 +75,7 @@ impl InceptionV4Config {
         reference_blocks: Some(REFERENCE_BLOCKS),
         presets: &[],
         aux_head: false,
+        avg_pool_count_pad: false,
     };
 
     /// The network `[model]` describes (knobs checked by [`Family::check_knobs`]).
