@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use incept_common::config::Arch;
+use incept_common::config::{Arch, Crops};
 
-use crate::{bench, run};
+use crate::{bench, predict, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +64,40 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Evaluate a run's newest checkpoint, or a weights file, on a validation split with the
+    /// paper's crop protocols; the result goes into the run database's `evaluations` table.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["run_id", "weights"])))]
+    Eval {
+        /// The run whose newest checkpoint that verifies is evaluated.
+        run_id: Option<String>,
+        /// A weights file (`coordinator models import`) instead of a run.
+        #[arg(long, requires = "arch")]
+        weights: Option<PathBuf>,
+        /// The architecture of --weights (its knobs: --set model.KEY=VALUE).
+        #[arg(long, requires = "weights")]
+        arch: Option<Arch>,
+        /// The dataset: SOURCE[:PATH], e.g. fashion_mnist, tfrecord:/data/shards,
+        /// imagenet:/data/ilsvrc (default: the run's own).
+        #[arg(long, value_name = "SOURCE[:PATH]")]
+        data: Option<String>,
+        /// Crops per image: 1 (central), 10 (corners and centre, each flipped) or 144
+        /// (GoogLeNet's); logits are averaged over an image's crops.
+        #[arg(long, default_value = "1")]
+        crops: Crops,
+        /// A run's trained weights instead of their moving average.
+        #[arg(long)]
+        raw: bool,
+        /// Local workers sharing the split (with --set cluster.launcher=external: workers to wait for).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Override a key of the run's experiment (or of the defaults, for --weights).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Classify JPEG images or `.npy` model inputs with a weights file (top classes, logits).
+    Predict(predict::PredictArgs),
     /// List the runs of a state directory.
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]

@@ -6,6 +6,7 @@ mod cli;
 mod dataset;
 mod launcher;
 mod models;
+mod predict;
 mod progress;
 mod rendezvous;
 mod run;
@@ -56,11 +57,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 (None, None) => unreachable!("clap requires an experiment or --resume"),
             };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(run::launch(start, &state_dir))
+            follow(start, &state_dir)
+        }
+        Command::Eval {
+            run_id,
+            weights,
+            arch,
+            data,
+            crops,
+            raw,
+            workers,
+            overrides,
+            state_dir,
+        } => {
+            let weights = match (&run_id, &weights, arch) {
+                (Some(run_id), None, _) => run::Weights::Run(run_id),
+                (None, Some(path), Some(arch)) => run::Weights::File { path, arch },
+                _ => unreachable!("clap requires a run id or --weights with --arch"),
+            };
+            let mut layers = data.as_deref().map(data_overrides).unwrap_or_default();
+            layers.extend(overrides);
+            let request = run::EvalRequest {
+                weights,
+                overrides: &layers,
+                crops,
+                raw,
+                workers,
+            };
+            follow(run::Start::Eval(&request), &state_dir)
+        }
+        Command::Predict(args) => {
+            predict::run(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             experiment,
@@ -140,6 +168,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(_) => unreachable!("handled before logging is set up"),
+    }
+}
+
+/// Starts a run (or an evaluation) and follows it to the end.
+fn follow(start: run::Start, state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run::launch(start, state_dir))
+}
+
+/// `--data SOURCE[:PATH]` as `data.source` and `data.path` overrides.
+fn data_overrides(spec: &str) -> Vec<String> {
+    match spec.split_once(':') {
+        Some((source, path)) => vec![format!("data.source={source}"), format!("data.path={path}")],
+        None => vec![format!("data.source={spec}")],
     }
 }
 

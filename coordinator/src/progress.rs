@@ -9,54 +9,69 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Interval between progress lines when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(10);
 
+/// A run's (or an evaluation's) progress for a person watching.
 pub struct Progress {
+    /// What is counted: `step`, or `image` for an evaluation.
+    noun: &'static str,
     total: u64,
     bar: Option<ProgressBar>,
     started: Instant,
     last_line: Instant,
-    step: u64,
-    loss: f64,
-    images_per_sec: f64,
+    done: u64,
+    /// What the line says after the count (the loss and rate of a training step).
+    message: String,
 }
 
 impl Progress {
+    /// Progress of a run's `total` training steps.
     pub fn new(total: u64) -> Self {
+        Self::counting("step", total)
+    }
+
+    /// Progress of `total` things named `noun`.
+    pub fn counting(noun: &'static str, total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ETA {eta}",
-                )
-                .expect("static template")
+                ProgressStyle::with_template(&format!(
+                    "{{elapsed_precise}} [{{bar:30}}] {noun} {{pos}}/{{len}} {{msg}} ETA {{eta}}"
+                ))
+                .expect("a valid template")
                 .progress_chars("=> "),
             );
             bar
         });
         Self {
+            noun,
             total,
             bar,
             started: Instant::now(),
             last_line: Instant::now(),
-            step: 0,
-            loss: f64::NAN,
-            images_per_sec: 0.0,
+            done: 0,
+            message: String::new(),
         }
     }
 
     /// Records rank 0's latest step; `images_per_sec` is per rank and is scaled to the world.
     pub fn update(&mut self, step: u64, loss: f64, images_per_sec: f64) {
-        if step <= self.step {
-            return;
+        if step > self.done {
+            self.advance(
+                step,
+                format!("loss {loss:.4}, {images_per_sec:.1} img/s/worker"),
+            );
         }
-        self.step = step;
-        self.loss = loss;
-        self.images_per_sec = images_per_sec;
+    }
+
+    /// Records how many of the total are done, and what to say about it.
+    pub fn advance(&mut self, done: u64, message: String) {
+        self.done = done;
+        self.message = message;
         match &self.bar {
             Some(bar) => {
-                bar.set_position(step);
-                bar.set_message(format!("loss {loss:.4}, {images_per_sec:.1} img/s/worker"));
+                bar.set_position(done);
+                bar.set_message(self.message.clone());
             }
-            None if self.last_line.elapsed() >= LINE_EVERY || step == self.total => {
+            None if self.last_line.elapsed() >= LINE_EVERY || done == self.total => {
                 self.last_line = Instant::now();
                 eprintln!("{}", self.line());
             }
@@ -66,18 +81,22 @@ impl Progress {
 
     fn line(&self) -> String {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let eta = if self.step > 0 {
-            elapsed / self.step as f64 * (self.total - self.step) as f64
+        let eta = if self.done > 0 {
+            elapsed / self.done as f64 * self.total.saturating_sub(self.done) as f64
         } else {
             f64::NAN
         };
+        let message = if self.message.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.message)
+        };
         format!(
-            "step {}/{} ({:.0}%), loss {:.4}, {:.1} img/s/worker, elapsed {}, ETA {}",
-            self.step,
+            "{} {}/{} ({:.0}%){message}, elapsed {}, ETA {}",
+            self.noun,
+            self.done,
             self.total,
-            100.0 * self.step as f64 / self.total.max(1) as f64,
-            self.loss,
-            self.images_per_sec,
+            100.0 * self.done as f64 / self.total.max(1) as f64,
             human(elapsed),
             human(eta)
         )

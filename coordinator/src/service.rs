@@ -32,6 +32,8 @@ pub enum Event {
     },
     Heartbeat {
         rank: u32,
+        /// Validation images the rank has evaluated in its current (or last) evaluation.
+        evaluated: u64,
     },
     Metrics {
         rank: u32,
@@ -219,12 +221,14 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
-        let HeartbeatRequest { rank, .. } = request.into_inner();
+        let HeartbeatRequest {
+            rank, evaluated, ..
+        } = request.into_inner();
         self.check_rank(rank)?;
         // Once the run ends nobody follows its events, but its workers must still hear it.
         let stop = self.run.stopping.load(Ordering::Relaxed);
         if !stop {
-            self.emit(Event::Heartbeat { rank })?;
+            self.emit(Event::Heartbeat { rank, evaluated })?;
         }
         Ok(Response::new(HeartbeatReply { stop }))
     }

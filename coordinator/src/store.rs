@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use incept_common::config::Experiment;
 use incept_common::proto::{EvaluationReport, JoinRequest, StepMetrics};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -179,13 +180,36 @@ pub struct RunSummary {
     pub val_top1: Option<f64>,
 }
 
+/// How an evaluation was made, as the run database records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Protocol {
+    /// The crop protocol: `1-crop`, `10-crop` or `144-crop`.
+    pub crops: String,
+    /// Which weights: `average` or `trained` during training; what `coordinator eval` evaluated.
+    pub weights: String,
+}
+
+impl Protocol {
+    /// The protocol of a run's own evaluations.
+    pub fn of(exp: &Experiment) -> Self {
+        let averaged = exp.train.ema_decay > 0.0 && exp.train.evaluate_average;
+        Protocol {
+            crops: exp.data.augment.eval_crops.name(),
+            weights: if averaged { "average" } else { "trained" }.into(),
+        }
+    }
+}
+
 pub struct Store {
     conn: Connection,
 }
 
 /// Columns added after a table was first released: (table, column, definition).
-const ADDED_COLUMNS: [(&str, &str, &str); 1] =
-    [("metrics", "bad_images", "INTEGER NOT NULL DEFAULT 0")];
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("metrics", "bad_images", "INTEGER NOT NULL DEFAULT 0"),
+    ("evaluations", "protocol", "TEXT NOT NULL DEFAULT '1-crop'"),
+    ("evaluations", "weights", "TEXT NOT NULL DEFAULT ''"),
+];
 
 /// Brings a database made by an earlier version up to the current schema.
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -373,18 +397,35 @@ impl Store {
         Ok(())
     }
 
-    /// Records a distributed evaluation made after `eval.step` steps.
-    pub fn record_evaluation(&self, run_id: &str, eval: &EvaluationReport) -> anyhow::Result<()> {
+    /// Records a distributed evaluation made after `eval.step` steps, the way `protocol` says.
+    pub fn record_evaluation(
+        &self,
+        run_id: &str,
+        eval: &EvaluationReport,
+        protocol: &Protocol,
+    ) -> anyhow::Result<()> {
         let [top1, top5] = rates(eval);
         self.conn.execute(
-            "INSERT OR REPLACE INTO evaluations (run_id, step, top1, top5, loss, samples, recorded_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![run_id, eval.step as i64, top1, top5, eval.loss, eval.samples as i64, now()],
+            "INSERT OR REPLACE INTO evaluations
+             (run_id, step, top1, top5, loss, samples, recorded_at, protocol, weights)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                run_id,
+                eval.step as i64,
+                top1,
+                top5,
+                eval.loss,
+                eval.samples as i64,
+                now(),
+                protocol.crops,
+                protocol.weights
+            ],
         )?;
         Ok(())
     }
 
-    /// Marks a run finished with its status, final evaluation or error.
+    /// Marks a run finished with its status, final evaluation (recorded apart, with its
+    /// protocol) or error.
     pub fn finish_run(
         &self,
         run_id: &str,
@@ -392,9 +433,6 @@ impl Store {
         evaluation: Option<&EvaluationReport>,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
-        if let Some(eval) = evaluation {
-            self.record_evaluation(run_id, eval)?;
-        }
         let rates = evaluation.map(rates);
         self.conn.execute(
             "UPDATE runs SET status = ?2, finished_at = ?3, val_top1 = ?4, val_top5 = ?5,
@@ -545,9 +583,25 @@ mod tests {
             loss: 0.5,
             ..Default::default()
         };
+        let protocol = Protocol {
+            crops: "10-crop".into(),
+            weights: "trained".into(),
+        };
+        store
+            .record_evaluation("r1", &evaluation, &protocol)
+            .unwrap();
         store
             .finish_run("r1", RunStatus::Succeeded, Some(&evaluation), None)
             .unwrap();
+        let recorded: (i64, f64, String, String) = store
+            .conn
+            .query_row(
+                "SELECT step, top1, protocol, weights FROM evaluations WHERE run_id = 'r1'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(recorded, (2, 0.75, "10-crop".into(), "trained".into()));
         let runs = store.runs().unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, "succeeded");

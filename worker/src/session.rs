@@ -181,7 +181,16 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
     loop {
         ticker.tick().await;
         let step = progress.step.load(Ordering::Relaxed);
-        match client.heartbeat(HeartbeatRequest { rank, step }).await {
+        let evaluated = progress
+            .evaluated
+            .get()
+            .map_or(0, |count| count.load(Ordering::Relaxed));
+        let beat = HeartbeatRequest {
+            rank,
+            step,
+            evaluated,
+        };
+        match client.heartbeat(beat).await {
             Ok(reply) if reply.get_ref().stop => {
                 tracing::warn!("the coordinator stopped the run");
                 progress.stop(format!("stopped by the coordinator at step {step}"));

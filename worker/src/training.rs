@@ -2,8 +2,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -34,6 +34,9 @@ pub enum Report {
 pub struct Progress {
     /// Optimizer steps completed.
     pub step: AtomicU64,
+    /// The replica's count of validation images evaluated (see [`Replica::evaluated`]), once
+    /// it exists.
+    pub evaluated: OnceLock<Arc<AtomicU64>>,
     /// Set when the run must stop (the coordinator said so, or is lost).
     pub stop: AtomicBool,
     /// Aborts the communicator once it is connected, so a stop also ends a collective blocked on a
@@ -130,6 +133,7 @@ fn train<B: TrainBackend>(
         tracing::info!(path = %weights.display(), "initialised from imported weights");
     }
     let mut replica = Replica::new(exp, collective, model, device)?;
+    let _ = progress.evaluated.set(replica.evaluated());
     let start = match assignment.resume_from.as_str() {
         "" => 0,
         path => {

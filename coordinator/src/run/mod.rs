@@ -4,6 +4,7 @@
 //! [`prepare`] turns an experiment file or a run id into a run ready to start, [`monitor`]
 //! follows its events and workers, and [`report`] records and prints how it ended.
 
+mod evaluate;
 mod monitor;
 mod prepare;
 mod report;
@@ -28,6 +29,8 @@ use crate::rendezvous::Rendezvous;
 use crate::service::{self, RunContext};
 use crate::store::Store;
 
+use self::evaluate::prepare_eval;
+pub use self::evaluate::{EvalRequest, Weights};
 use self::monitor::Monitor;
 use self::prepare::{
     Prepared, Resume, data_plan, newest_verified_checkpoint, prepare_new, prepare_resume,
@@ -58,6 +61,8 @@ pub enum Start<'a> {
     },
     /// A stopped run, continued from its latest valid committed checkpoint.
     Resume { run_id: &'a str },
+    /// An evaluation of a run's checkpoint or a weights file (`coordinator eval`).
+    Eval(&'a EvalRequest<'a>),
 }
 
 /// Starts (or resumes) a run, follows it to completion and returns the process exit code.
@@ -74,12 +79,14 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         resolved,
         resume_from,
         layout,
+        evaluation,
     } = match start {
         Start::New {
             experiment,
             overrides,
         } => prepare_new(experiment, overrides, state_dir)?,
         Start::Resume { run_id } => prepare_resume(run_id, state_dir)?,
+        Start::Eval(request) => prepare_eval(request, state_dir)?,
     };
     let worker_bin = match exp.cluster.launcher {
         Launcher::Local => Some(WorkerCommand::locate()?),
@@ -87,7 +94,14 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
     };
     let token = new_token();
     write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
-    if let Some(Resume { step, path, .. }) = &resume_from {
+    if let Some(protocol) = &evaluation {
+        let message = format!(
+            "evaluating the {} with the {} protocol",
+            protocol.weights, protocol.crops
+        );
+        store.event(&run_id, "info", &message)?;
+        println!("{message}");
+    } else if let Some(Resume { step, path, .. }) = &resume_from {
         store.reopen_run(&run_id)?;
         let message = format!("resuming from step {step} ({})", path.display());
         store.event(&run_id, "info", &message)?;
@@ -102,6 +116,7 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         layout: &layout,
         token: &token,
         worker_bin: worker_bin.as_ref(),
+        evaluation: evaluation.is_some(),
     };
     let mut signals = Signals::install().context("installing the signal handlers")?;
     let started = Instant::now();
@@ -116,7 +131,10 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
             Outcome::Failed(cause)
                 if worker_bin.is_some() && causes.len() < exp.cluster.max_restarts =>
             {
-                resume_from = newest_verified_checkpoint(&store, &run_id, &run_dir)?;
+                // An evaluation starts again from the weights it evaluates.
+                if evaluation.is_none() {
+                    resume_from = newest_verified_checkpoint(&store, &run_id, &run_dir)?;
+                }
                 let from = resume_from.as_ref().map_or(0, |r| r.step);
                 causes.push(cause);
                 let message = format!(
@@ -147,9 +165,15 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
-    report(
-        &store, &run_id, &run_dir, &exp, outcome, final_loss, elapsed,
-    )
+    let ended = report::Ended {
+        run_id: &run_id,
+        run_dir: &run_dir,
+        exp: &exp,
+        evaluation: evaluation.as_ref(),
+        final_loss,
+        elapsed,
+    };
+    report(&store, &ended, outcome)
 }
 
 /// What every generation of a run shares.
@@ -162,6 +186,8 @@ struct Generation<'a> {
     token: &'a str,
     /// The worker program, when this coordinator starts the workers itself.
     worker_bin: Option<&'a WorkerCommand>,
+    /// Whether the run is an evaluation (`coordinator eval`): no steps, only the evaluation.
+    evaluation: bool,
 }
 
 impl Generation<'_> {
@@ -242,7 +268,7 @@ impl Generation<'_> {
             }
         };
 
-        let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut());
+        let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut(), self.evaluation);
         let outcome = monitor.follow(events_rx, signals).await;
         let final_loss = monitor.last_loss;
         drop(monitor);

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::launcher::{ExitedWorker, LocalWorkers};
 use crate::progress::Progress;
 use crate::service::{Event, RunContext};
-use crate::store::{LEASE_RENEW_S, Store, rates};
+use crate::store::{LEASE_RENEW_S, Protocol, Store, rates};
 
 use super::Outcome;
 use super::signals::Signals;
@@ -45,6 +45,11 @@ pub(super) struct Monitor<'a> {
     warned_bad_images: bool,
     /// When this coordinator last renewed its lease of the run.
     lease_renewed: Instant,
+    /// How the run's evaluations are made, recorded with each.
+    protocol: Protocol,
+    /// For an evaluation run: the validation images each rank has evaluated, which the
+    /// progress bar counts instead of steps.
+    evaluated: Option<Vec<u64>>,
 }
 
 impl<'a> Monitor<'a> {
@@ -53,13 +58,19 @@ impl<'a> Monitor<'a> {
         ctx: &'a RunContext,
         store: &'a mut Store,
         workers: Option<&'a mut LocalWorkers>,
+        evaluation: bool,
     ) -> Self {
         let world = exp.cluster.world_size;
+        let progress = if evaluation {
+            Progress::counting("image", exp.data.val_samples as u64)
+        } else {
+            Progress::new(exp.total_steps())
+        };
         Self {
             ctx,
             store,
             workers,
-            progress: Progress::new(exp.total_steps()),
+            progress,
             heartbeat_timeout: Duration::from_secs(exp.cluster.heartbeat_timeout_s),
             join_deadline: Instant::now() + Duration::from_secs(exp.cluster.join_timeout_s),
             last_seen: vec![None; world],
@@ -73,6 +84,8 @@ impl<'a> Monitor<'a> {
             max_bad_fraction: exp.data.max_bad_fraction,
             warned_bad_images: false,
             lease_renewed: Instant::now(),
+            protocol: Protocol::of(exp),
+            evaluated: evaluation.then(|| vec![0; world]),
         }
     }
 
@@ -119,7 +132,13 @@ impl<'a> Monitor<'a> {
                 self.store
                     .event(run_id, "warn", &format!("rank {rank} left the rendezvous"))?;
             }
-            Event::Heartbeat { rank } => self.last_seen[rank as usize] = Some(Instant::now()),
+            Event::Heartbeat { rank, evaluated } => {
+                self.last_seen[rank as usize] = Some(Instant::now());
+                if let Some(counts) = &mut self.evaluated {
+                    counts[rank as usize] = evaluated;
+                    self.progress.advance(counts.iter().sum(), String::new());
+                }
+            }
             Event::Rejected { peer, reason } => {
                 let message = format!("rejected a request from {peer}: {reason}");
                 self.progress.println(&format!("warning: {message}"));
@@ -162,7 +181,8 @@ impl<'a> Monitor<'a> {
                 }
             }
             Event::Evaluation(eval) => {
-                self.store.record_evaluation(run_id, &eval)?;
+                self.store
+                    .record_evaluation(run_id, &eval, &self.protocol)?;
                 let [top1, top5] = rates(&eval);
                 self.progress.println(&format!(
                     "evaluation at step {}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",

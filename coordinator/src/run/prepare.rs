@@ -12,7 +12,7 @@ use incept_common::resolve;
 use incept_common::train::checkpoint;
 
 use crate::launcher::{self};
-use crate::store::{RunStatus, Store};
+use crate::store::{Protocol, RunStatus, Store};
 
 use super::{CHECKPOINTS, DATABASE};
 
@@ -34,6 +34,9 @@ pub(super) struct Prepared {
     pub(super) resume_from: Option<Resume>,
     /// How the training split is sharded, for the epoch plan.
     pub(super) layout: ShardLayout,
+    /// For an evaluation run (`coordinator eval`): what it evaluates and how, recorded with
+    /// its result.
+    pub(super) evaluation: Option<Protocol>,
 }
 
 /// Validates a new experiment and creates its run: folder, resolved config, database row.
@@ -42,13 +45,22 @@ pub(super) fn prepare_new(
     overrides: &[String],
     state_dir: &Path,
 ) -> anyhow::Result<Prepared> {
-    let mut exp = resolve::load(experiment, overrides)?;
-    let origin = experiment.display().to_string();
+    let exp = resolve::load(experiment, overrides)?;
+    create_run(exp, &experiment.display().to_string(), state_dir)
+}
+
+/// Creates the run of a checked experiment (from `origin`): folder, resolved config, database
+/// row and lease, after its devices and data are found.
+pub(super) fn create_run(
+    mut exp: Experiment,
+    origin: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Prepared> {
     if exp.cluster.launcher == Launcher::Local {
         launcher::check_local_devices(&exp.cluster)?;
     }
-    check_data_paths(&exp, &origin)?;
-    let layout = open_dataset(&mut exp, &origin)?;
+    check_data_paths(&exp, origin)?;
+    let layout = open_dataset(&mut exp, origin)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let mut store = Store::open(&state_dir.join(DATABASE))?;
@@ -74,6 +86,7 @@ pub(super) fn prepare_new(
         resolved,
         resume_from: None,
         layout,
+        evaluation: None,
     })
 }
 
@@ -126,6 +139,7 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
         resolved,
         resume_from: Some(resume_from),
         layout,
+        evaluation: None,
     })
 }
 
@@ -189,7 +203,7 @@ fn candidates(committed: &[(u64, PathBuf)], run_dir: &Path) -> Vec<(u64, PathBuf
 }
 
 /// The run's folder, absolute: workers (possibly elsewhere) write checkpoints into it.
-fn run_dir(state_dir: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn run_dir(state_dir: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
     std::path::absolute(state_dir.join(run_id))
         .with_context(|| format!("resolving the state directory {}", state_dir.display()))
 }

@@ -7,25 +7,55 @@ use std::process::ExitCode;
 use incept_common::config::Experiment;
 
 use crate::progress::human;
-use crate::store::{RunStatus, Store, rates};
+use crate::store::{Protocol, RunStatus, Store, rates};
 
 use super::{DATABASE, Outcome};
 
+/// What a run was and how long it took, for its report.
+pub(super) struct Ended<'a> {
+    pub(super) run_id: &'a str,
+    pub(super) run_dir: &'a Path,
+    pub(super) exp: &'a Experiment,
+    /// For an evaluation run: what it evaluated and how.
+    pub(super) evaluation: Option<&'a Protocol>,
+    pub(super) final_loss: f64,
+    pub(super) elapsed: f64,
+}
+
 /// Records the outcome, prints the summary, and picks the exit code.
-pub(super) fn report(
-    store: &Store,
-    run_id: &str,
-    run_dir: &Path,
-    exp: &Experiment,
-    outcome: Outcome,
-    final_loss: f64,
-    elapsed: f64,
-) -> anyhow::Result<ExitCode> {
+pub(super) fn report(store: &Store, ended: &Ended, outcome: Outcome) -> anyhow::Result<ExitCode> {
+    let Ended {
+        run_id,
+        run_dir,
+        exp,
+        evaluation,
+        final_loss,
+        elapsed,
+    } = *ended;
     store.release_lease(run_id)?;
     match outcome {
         Outcome::Succeeded(eval) => {
+            let protocol = evaluation.cloned().unwrap_or_else(|| Protocol::of(exp));
+            store.record_evaluation(run_id, &eval, &protocol)?;
             store.finish_run(run_id, RunStatus::Succeeded, Some(&eval), None)?;
             let [top1, top5] = rates(&eval);
+            let result = format!(
+                "top-1 {:.2}%, top-5 {:.2}% ({} images), loss {:.4}",
+                100.0 * top1,
+                100.0 * top5,
+                eval.samples,
+                eval.loss
+            );
+            if evaluation.is_some() {
+                println!("evaluation {run_id} finished in {}", human(elapsed));
+                println!(
+                    "  {} ({} workers)",
+                    protocol.weights, exp.cluster.world_size
+                );
+                println!("  {}: {result}", protocol.crops);
+                println!("  database {}", run_dir.with_file_name(DATABASE).display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let images = exp.total_steps() as f64 * exp.global_batch() as f64;
             println!("run {run_id} succeeded in {}", human(elapsed));
             println!(
@@ -36,13 +66,7 @@ pub(super) fn report(
                 exp.train.accumulate
             );
             println!("  final training loss {final_loss:.4}");
-            println!(
-                "  validation top-1 {:.2}%, top-5 {:.2}% ({} images), loss {:.4}",
-                100.0 * top1,
-                100.0 * top5,
-                eval.samples,
-                eval.loss
-            );
+            println!("  validation {result}");
             println!(
                 "  throughput {:.1} images/s (whole run, all workers)",
                 images / elapsed
