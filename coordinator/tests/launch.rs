@@ -2,118 +2,14 @@
 //! over real sockets and report over gRPC into a real SQLite file.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-const COORDINATOR: &str = env!("CARGO_BIN_EXE_coordinator");
+mod support;
 
-/// The worker binary cargo built next to the coordinator.
-fn worker_bin() -> PathBuf {
-    let path = Path::new(COORDINATOR).with_file_name("worker");
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-fn workspace_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative)
-}
-
-/// A tiny experiment: 2 workers, a 1/16-width Inception-ResNet-v2 at 75 px, a few dozen steps.
-const TINY: &str = r#"
-[run]
-name = "tiny"
-seed = 7
-[cluster]
-world_size = 2
-heartbeat_interval_ms = 200
-[model]
-num_classes = 4
-image_size = 75
-width = 0.0625
-blocks = [1, 1, 1]
-dropout = 0.0
-bn_momentum = 0.1
-[data]
-train_samples = 384
-val_samples = 64
-noise = 0.3
-[train]
-batch_size = 8
-epochs = 2
-log_every = 4
-eval_every = 16
-probe_every = 16
-check_replicas_every = 8
-[train.optimizer]
-learning_rate = 0.01
-[train.schedule]
-kind = "constant"
-"#;
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new(experiment: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("exp.toml"), experiment).unwrap();
-        Self { dir }
-    }
-
-    fn experiment(&self) -> PathBuf {
-        self.dir.path().join("exp.toml")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("runs")
-    }
-
-    fn coordinator(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(COORDINATOR);
-        cmd.args(args)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .env("INCEPT_WORKER_BIN", worker_bin())
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.state_dir().join("incept.db")).unwrap()
-    }
-}
-
-/// Runs `cmd` to completion, failing the test if it takes longer than `limit`.
-fn run_with_limit(mut cmd: Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            panic!("command did not finish within {limit:?}");
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::*;
 
 #[test]
 fn launch_trains_two_workers_and_records_metrics() {
@@ -924,36 +820,6 @@ fn imported_timm_weights_initialise_a_run() {
 }
 
 /// Shards packed from real JPEGs (one corrupt) and a bn_inception small enough for seconds.
-const ON_SHARDS: &str = r#"
-[run]
-name = "shards"
-seed = 3
-[cluster]
-world_size = 2
-heartbeat_interval_ms = 200
-[model]
-arch = "bn_inception"
-num_classes = 3
-image_size = 32
-width = 0.125
-dropout = 0.0
-bn_momentum = 0.1
-[data]
-source = "tfrecord"
-path = "SHARDS"
-shuffle_buffer = 8
-threads = 2
-[train]
-batch_size = 8
-epochs = 2
-log_every = 1
-check_replicas_every = 2
-[train.optimizer]
-learning_rate = 0.01
-[train.schedule]
-kind = "constant"
-"#;
-
 #[test]
 fn packed_shards_train_two_workers_and_count_a_corrupt_image() {
     use incept_common::data::testing::{WNIDS, write_imagenet};
