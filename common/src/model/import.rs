@@ -566,7 +566,11 @@ mod tests {
                 "bn.running_var"
             ]
         );
-        assert!(report.to_string().contains("bn.running_var (I64)"));
+        assert!(
+            report
+                .to_string()
+                .contains("bn.running_mean (I64) and 1 more")
+        );
     }
 
     #[test]

@@ -48,10 +48,9 @@ pub(super) fn report(store: &Store, ended: &Ended, outcome: Outcome) -> anyhow::
             );
             if evaluation.is_some() {
                 println!("evaluation {run_id} finished in {}", human(elapsed));
-                println!(
-                    "  {} ({} workers)",
-                    protocol.weights, exp.cluster.world_size
-                );
+                let workers = exp.cluster.world_size;
+                let plural = if workers == 1 { "" } else { "s" };
+                println!("  {} ({workers} worker{plural})", protocol.weights);
                 println!("  {}: {result}", protocol.crops);
                 println!("  database {}", run_dir.with_file_name(DATABASE).display());
                 return Ok(ExitCode::SUCCESS);
