@@ -1,7 +1,11 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so building needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/incept.proto", "proto/tf_example.proto"];
+    let protos = [
+        "proto/incept.proto",
+        "proto/tf_example.proto",
+        "proto/tf_event.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -1,11 +1,13 @@
 //! Wire formats generated at build time: the coordinator's gRPC protocol
-//! (`proto/incept.proto`) and TensorFlow's `tf.train.Example` (`proto/tf_example.proto`).
+//! (`proto/incept.proto`), TensorFlow's `tf.train.Example` (`proto/tf_example.proto`) and
+//! TensorBoard's scalar `Event`s (`proto/tf_event.proto`).
 
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("incept.v1");
 
-/// `tf.train.Example` and its feature lists, the payload of ImageNet TFRecord shards.
+/// `tf.train.Example` and its feature lists, the payload of ImageNet TFRecord shards; `Event`
+/// and `Summary`, the records of TensorBoard's event files.
 pub mod tensorflow {
     tonic::include_proto!("tensorflow");
 }

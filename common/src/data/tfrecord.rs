@@ -62,6 +62,11 @@ impl<W: Write> RecordWriter<W> {
         Ok(offset)
     }
 
+    /// Flushes the underlying writer.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written

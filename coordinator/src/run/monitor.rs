@@ -14,6 +14,7 @@ use crate::launcher::{ExitedWorker, LocalWorkers};
 use crate::progress::Progress;
 use crate::service::{Event, RunContext};
 use crate::store::{LEASE_RENEW_S, Protocol, Store, rates};
+use crate::tensorboard::EventWriter;
 
 use super::Outcome;
 use super::signals::Signals;
@@ -50,6 +51,8 @@ pub(super) struct Monitor<'a> {
     /// For an evaluation run: the validation images each rank has evaluated, which the
     /// progress bar counts instead of steps.
     evaluated: Option<Vec<u64>>,
+    /// The run's TensorBoard events; `None` once writing them failed (the run goes on).
+    tensorboard: Option<&'a mut EventWriter>,
 }
 
 impl<'a> Monitor<'a> {
@@ -59,6 +62,7 @@ impl<'a> Monitor<'a> {
         store: &'a mut Store,
         workers: Option<&'a mut LocalWorkers>,
         evaluation: bool,
+        tensorboard: Option<&'a mut EventWriter>,
     ) -> Self {
         let world = exp.cluster.world_size;
         let progress = if evaluation {
@@ -86,6 +90,7 @@ impl<'a> Monitor<'a> {
             lease_renewed: Instant::now(),
             protocol: Protocol::of(exp),
             evaluated: evaluation.then(|| vec![0; world]),
+            tensorboard,
         }
     }
 
@@ -174,6 +179,9 @@ impl<'a> Monitor<'a> {
                         ratios.join(", ")
                     ));
                 }
+                if rank == 0 {
+                    self.write_events(|events| events.steps(&steps));
+                }
                 if let Some(last) = steps.iter().filter(|_| rank == 0).max_by_key(|m| m.step) {
                     self.last_loss = last.loss;
                     self.progress
@@ -183,6 +191,7 @@ impl<'a> Monitor<'a> {
             Event::Evaluation(eval) => {
                 self.store
                     .record_evaluation(run_id, &eval, &self.protocol)?;
+                self.write_events(|events| events.evaluation(&eval));
                 let [top1, top5] = rates(&eval);
                 self.progress.println(&format!(
                     "evaluation at step {}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}",
@@ -207,11 +216,29 @@ impl<'a> Monitor<'a> {
                 if self.results.iter().all(Option::is_some) {
                     // Every rank all-reduced the same totals; rank 0's stand for the run.
                     let final_eval = self.results[0].as_ref().and_then(|r| r.evaluation);
+                    if let Some(eval) = &final_eval {
+                        self.write_events(|events| events.evaluation(eval));
+                    }
                     return Ok(final_eval.map(Outcome::Succeeded));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Writes to the TensorBoard events; a failure is a warning and ends the events, not the
+    /// run (the run database keeps everything).
+    fn write_events(&mut self, write: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
+        let Some(events) = self.tensorboard.as_deref_mut() else {
+            return;
+        };
+        if let Err(err) = write(events) {
+            self.progress.println(&format!(
+                "warning: writing {} failed ({err}); no more TensorBoard events for this run",
+                events.path().display()
+            ));
+            self.tensorboard = None;
+        }
     }
 
     /// Verifies a checkpoint rank 0 wrote, commits it, and prunes beyond `checkpoint.keep`.
