@@ -98,6 +98,13 @@ pub enum Command {
     },
     /// Classify JPEG images or `.npy` model inputs with a weights file (top classes, logits).
     Predict(predict::PredictArgs),
+    /// One screen about a live or finished run: workers, step, rate, ETA, last evaluation,
+    /// recent events (default: the newest run).
+    Status {
+        run_id: Option<String>,
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+    },
     /// List the runs of a state directory.
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]

@@ -104,6 +104,7 @@ impl LocalWorkers {
                 .args(&worker.leading_args)
                 .arg("--coordinator")
                 .arg(url)
+                .args(["--listen-host", "127.0.0.1"])
                 .env("INCEPT_TOKEN", token)
                 .env("RAYON_NUM_THREADS", cluster.threads_per_worker.to_string())
                 .env("LOCAL_RANK", (index % cluster.gpus_per_node).to_string())

@@ -12,7 +12,9 @@ mod rendezvous;
 mod run;
 mod runs;
 mod service;
+mod status;
 mod store;
+mod tensorboard;
 
 use std::process::ExitCode;
 
@@ -95,6 +97,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             overrides,
         } => {
             print!("{}", resolve::load(&experiment, &overrides)?.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { run_id, state_dir } => {
+            status::show(&state_dir, run_id.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { state_dir } => {
@@ -195,6 +201,7 @@ fn only_prints(command: &Command) -> bool {
         command,
         Command::Config { .. }
             | Command::Runs { .. }
+            | Command::Status { .. }
             | Command::Models { action: None, .. }
             | Command::Dataset {
                 action: DatasetCommand::Inspect { .. }

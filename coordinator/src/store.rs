@@ -160,8 +160,8 @@ impl Lease {
     }
 }
 
-/// This machine's host name.
-fn hostname() -> String {
+/// This machine's host name (leases, event file names, the worker command printed).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
@@ -522,6 +522,105 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// What `coordinator status` shows of one run, besides its [`RunSummary`].
+#[derive(Debug, Clone)]
+pub struct RunDetail {
+    pub summary: RunSummary,
+    pub name: String,
+    pub created_at: f64,
+    pub finished_at: Option<f64>,
+    pub error: Option<String>,
+    /// (rank, host, pid) of the workers that joined, newest generation's.
+    pub workers: Vec<(i64, String, i64)>,
+    /// Rank 0's newest step: (step, loss, images/s of the rank, seconds the step took).
+    pub last_step: Option<(i64, f64, f64, f64)>,
+    /// The newest evaluation: (step, top-1, top-5, loss, protocol).
+    pub last_evaluation: Option<(i64, f64, f64, f64, String)>,
+    /// Generations restarted after a failure.
+    pub restarts: i64,
+    /// The newest events, oldest first: (time, level, message).
+    pub events: Vec<(f64, String, String)>,
+}
+
+impl Store {
+    /// The id of the newest run, if any.
+    pub fn newest_run(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM runs ORDER BY created_at DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Everything `coordinator status` shows of `run_id`, with its `recent` newest events;
+    /// `None` when there is no such run.
+    pub fn detail(&self, run_id: &str, recent: usize) -> anyhow::Result<Option<RunDetail>> {
+        let Some(summary) = self.runs()?.into_iter().find(|r| r.id == run_id) else {
+            return Ok(None);
+        };
+        let (name, created_at, finished_at, error) = self.conn.query_row(
+            "SELECT name, created_at, finished_at, error FROM runs WHERE id = ?1",
+            [run_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let mut query = self
+            .conn
+            .prepare("SELECT rank, hostname, pid FROM workers WHERE run_id = ?1 ORDER BY rank")?;
+        let workers = query
+            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let last_step = self
+            .conn
+            .query_row(
+                "SELECT step, loss, images_per_sec, data_seconds + compute_seconds + allreduce_seconds
+                 FROM metrics WHERE run_id = ?1 AND rank = 0 ORDER BY step DESC LIMIT 1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let last_evaluation = self
+            .conn
+            .query_row(
+                "SELECT step, top1, top5, loss, protocol FROM evaluations WHERE run_id = ?1
+                 ORDER BY step DESC LIMIT 1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let restarts = self.conn.query_row(
+            "SELECT COUNT(*) FROM events WHERE run_id = ?1 AND message LIKE 'generation % failed:%'",
+            [run_id],
+            |r| r.get(0),
+        )?;
+        let mut query = self.conn.prepare(
+            "SELECT at, level, message FROM
+               (SELECT rowid, at, level, message FROM events WHERE run_id = ?1
+                ORDER BY rowid DESC LIMIT ?2)
+             ORDER BY rowid",
+        )?;
+        let events = query
+            .query_map(params![run_id, recent as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some(RunDetail {
+            summary,
+            name,
+            created_at,
+            finished_at,
+            error,
+            workers,
+            last_step,
+            last_evaluation,
+            restarts,
+            events,
+        }))
     }
 }
 

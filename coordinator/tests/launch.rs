@@ -22,6 +22,24 @@ fn launch_trains_two_workers_and_records_metrics() {
     assert!(stdout.contains("succeeded"), "{stdout}");
     assert!(stdout.contains("validation top-1"), "{stdout}");
 
+    // Another terminal's view of it.
+    let status = run_with_limit(fx.coordinator(&["status"]), Duration::from_secs(30));
+    let shown = text(&status.stdout);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    for expected in [
+        "status      succeeded",
+        "workers     2 of 2 joined",
+        "rank 1: ",
+        "step        48/48 (100%)",
+        "evaluation  step 48: top-1",
+        "(1-crop)",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} not in:\n{shown}");
+    }
+    let unknown = run_with_limit(fx.coordinator(&["status", "nope"]), Duration::from_secs(30));
+    assert!(!unknown.status.success());
+    assert!(text(&unknown.stderr).contains("no run \"nope\""));
+
     let db = fx.db();
     let (status, total_steps, top1, samples): (String, i64, f64, i64) = db
         .query_row(
@@ -163,15 +181,14 @@ impl Launched {
         Self { child, lines }
     }
 
-    /// A `worker` joining this run with the address and token its coordinator prints for
-    /// external workers ("  INCEPT_TOKEN=<token> worker --coordinator <url>").
+    /// The `worker` command its coordinator prints for external workers
+    /// ("  worker --coordinator <url> --token-file <run folder>/token").
     fn worker_command(&self) -> Command {
-        let hint = self.wait_for_line("INCEPT_TOKEN=");
+        let hint = self.wait_for_line("--token-file");
         let words: Vec<&str> = hint.split_whitespace().collect();
-        let token = words[0].trim_start_matches("INCEPT_TOKEN=");
-        let url = words[words.len() - 1];
+        assert_eq!(words[0], "worker", "{hint}");
         let mut worker = Command::new(worker_bin());
-        worker.args(["--coordinator", url, "--token", token]);
+        worker.args(&words[1..]);
         worker.stdout(Stdio::null());
         worker
     }

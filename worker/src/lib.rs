@@ -10,7 +10,8 @@ mod communicator;
 mod session;
 mod training;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -30,12 +31,18 @@ pub struct WorkerArgs {
     /// Coordinator gRPC address, e.g. http://10.0.0.1:50051.
     #[arg(long, env = "INCEPT_COORDINATOR")]
     coordinator: String,
-    /// The run's join token, printed by `coordinator launch`.
+    /// The run's join token (prefer --token-file or INCEPT_TOKEN: a command line is visible to
+    /// every user of the machine).
     #[arg(long, env = "INCEPT_TOKEN", hide_env_values = true)]
-    token: String,
-    /// Host the ring listener binds; peers connect to it.
-    #[arg(long, default_value = "127.0.0.1")]
-    listen_host: String,
+    token: Option<String>,
+    /// A file holding the run's join token: the run folder's `token` (mode 0600), which
+    /// `coordinator launch` names. Taken over --token and INCEPT_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Host the ring listener binds; peers connect to it. Default: this machine's address on
+    /// the route to the coordinator (127.0.0.1 for a local one).
+    #[arg(long)]
+    listen_host: Option<String>,
     /// Attempts to reach the coordinator before giving up.
     #[arg(long, default_value_t = 8)]
     connect_attempts: u32,
@@ -60,11 +67,16 @@ pub fn main_with(args: WorkerArgs) -> ExitCode {
 }
 
 async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind((args.listen_host.as_str(), 0))
-        .map_err(|e| anyhow::anyhow!("binding the ring listener on {}: {e}", args.listen_host))?;
+    let token = join_token(&args)?;
+    let listen_host = match &args.listen_host {
+        Some(host) => host.clone(),
+        None => address_towards(&args.coordinator)?.to_string(),
+    };
+    let listener = TcpListener::bind((listen_host.as_str(), 0))
+        .map_err(|e| anyhow::anyhow!("binding the ring listener on {listen_host}: {e}"))?;
     let ring_addr = listener.local_addr()?;
     let mut session =
-        session::Session::connect(&args.coordinator, &args.token, args.connect_attempts).await?;
+        session::Session::connect(&args.coordinator, &token, args.connect_attempts).await?;
     let assignment = session
         .join(ring_addr, communicator::nccl_id_for_join())
         .await?;
@@ -75,4 +87,94 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         "joined"
     );
     session.train(assignment, listener).await
+}
+
+/// The join token: from `--token-file`, else `--token` / `INCEPT_TOKEN`.
+fn join_token(args: &WorkerArgs) -> anyhow::Result<String> {
+    match (&args.token_file, &args.token) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", path.display()))?;
+            let token = text.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the token file {} is empty",
+                path.display()
+            );
+            Ok(token.to_string())
+        }
+        (None, Some(token)) => Ok(token.clone()),
+        (None, None) => anyhow::bail!(
+            "no join token: pass --token-file RUN_DIR/token (the path `coordinator launch` \
+             prints) or set INCEPT_TOKEN"
+        ),
+    }
+}
+
+/// This machine's address on the route to the coordinator at `url`: where its peers, which
+/// reach the coordinator the same way, can reach this worker. A UDP socket is connected to
+/// learn it; nothing is sent.
+fn address_towards(url: &str) -> anyhow::Result<IpAddr> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let coordinator = authority
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("resolving the coordinator address {authority:?}: {e}"))?
+        .next()
+        .ok_or_else(|| {
+            anyhow::anyhow!("the coordinator address {authority:?} resolves to nothing")
+        })?;
+    let unspecified: IpAddr = if coordinator.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((unspecified, 0))?;
+    socket
+        .connect(coordinator)
+        .map_err(|e| anyhow::anyhow!("no route to the coordinator at {coordinator}: {e}"))?;
+    Ok(socket.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_coordinator_means_a_loopback_listener() {
+        let ip = address_towards("http://127.0.0.1:50051").unwrap();
+        assert!(ip.is_loopback(), "{ip}");
+        assert!(address_towards("http://no-such-host.invalid:1").is_err());
+    }
+
+    #[test]
+    fn the_token_file_wins_and_an_empty_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "abc123\n").unwrap();
+        let mut args = WorkerArgs::parse_from(["worker", "--coordinator", "http://127.0.0.1:1"]);
+        args.token = Some("from-env".into());
+        assert_eq!(join_token(&args).unwrap(), "from-env");
+        args.token_file = Some(file.clone());
+        assert_eq!(join_token(&args).unwrap(), "abc123");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(
+            join_token(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
+        args.token_file = None;
+        args.token = None;
+        assert!(
+            join_token(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--token-file")
+        );
+    }
 }

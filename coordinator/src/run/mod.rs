@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 use crate::launcher::{LocalWorkers, WorkerCommand};
 use crate::rendezvous::Rendezvous;
 use crate::service::{self, RunContext};
-use crate::store::Store;
+use crate::store::{Store, hostname};
+use crate::tensorboard::EventWriter;
 
 use self::evaluate::prepare_eval;
 pub use self::evaluate::{EvalRequest, Weights};
@@ -40,6 +41,8 @@ use self::signals::Signals;
 
 /// Name of the run database inside the state directory.
 pub const DATABASE: &str = "incept.db";
+/// The run's join token (mode 0600), inside its run folder.
+const TOKEN: &str = "token";
 /// The folder of a run's checkpoints, inside its run folder.
 pub(super) const CHECKPOINTS: &str = "checkpoints";
 
@@ -93,7 +96,7 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         Launcher::External => None,
     };
     let token = new_token();
-    write_atomic(&run_dir.join("token"), token.as_bytes(), 0o600)?;
+    write_atomic(&run_dir.join(TOKEN), token.as_bytes(), 0o600)?;
     if let Some(protocol) = &evaluation {
         let message = format!(
             "evaluating the {} with the {} protocol",
@@ -118,13 +121,25 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         worker_bin: worker_bin.as_ref(),
         evaluation: evaluation.is_some(),
     };
+    let mut tensorboard = match EventWriter::create(&run_dir) {
+        Ok(events) => Some(events),
+        Err(err) => {
+            eprintln!("warning: no TensorBoard events for this run: {err}");
+            None
+        }
+    };
     let mut signals = Signals::install().context("installing the signal handlers")?;
     let started = Instant::now();
     let mut resume_from = resume_from;
     let mut causes = Vec::new();
     let (outcome, final_loss) = loop {
         let (outcome, final_loss) = generation
-            .run(&mut store, resume_from.as_ref(), &mut signals)
+            .run(
+                &mut store,
+                resume_from.as_ref(),
+                &mut signals,
+                tensorboard.as_mut(),
+            )
             .await?;
         match outcome {
             // External workers are restarted by whoever started them; local ones are ours.
@@ -198,6 +213,7 @@ impl Generation<'_> {
         store: &mut Store,
         resume_from: Option<&Resume>,
         signals: &mut Signals,
+        tensorboard: Option<&mut EventWriter>,
     ) -> anyhow::Result<(Outcome, f64)> {
         let exp = self.exp;
         let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
@@ -260,15 +276,31 @@ impl Generation<'_> {
                 self.run_dir,
             )?),
             None => {
+                // Listening on every interface: workers elsewhere reach it by this host's name.
+                let reachable = if addr.ip().is_unspecified() {
+                    format!("http://{}:{}", hostname(), addr.port())
+                } else {
+                    url.clone()
+                };
                 println!(
-                    "waiting for {} workers; start each with:\n  INCEPT_TOKEN={} worker --coordinator {url}",
-                    exp.cluster.world_size, self.token
+                    "waiting for {} workers; start each with (the token file is the run folder's: \
+                     on a shared filesystem, or copied with mode 0600):\n  worker --coordinator \
+                     {reachable} --token-file {}",
+                    exp.cluster.world_size,
+                    self.run_dir.join(TOKEN).display()
                 );
                 None
             }
         };
 
-        let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut(), self.evaluation);
+        let mut monitor = Monitor::new(
+            exp,
+            &ctx,
+            store,
+            workers.as_mut(),
+            self.evaluation,
+            tensorboard,
+        );
         let outcome = monitor.follow(events_rx, signals).await;
         let final_loss = monitor.last_loss;
         drop(monitor);
