@@ -2,13 +2,12 @@
 //! rate, ETA, last evaluation and events), read from the state directory in another terminal.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 
 use crate::progress::human;
 use crate::run;
-use crate::store::{Lease, Store};
+use crate::store::{self, Lease, Store};
 
 /// Events shown, newest last.
 const RECENT_EVENTS: usize = 5;
@@ -30,9 +29,7 @@ pub fn show(state_dir: &Path, run_id: Option<&str>) -> anyhow::Result<()> {
     let Some(run) = store.detail(&run_id, RECENT_EVENTS)? else {
         bail!("no run {run_id:?} in {}", db.display());
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = store::now();
     let summary = &run.summary;
     let running = summary.status == "running";
     let live = summary.lease.as_ref().is_some_and(Lease::is_live);

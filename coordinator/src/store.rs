@@ -649,7 +649,8 @@ pub fn rates(eval: &EvaluationReport) -> [f64; 2] {
     ]
 }
 
-fn now() -> f64 {
+/// Seconds since the epoch: the database's timestamps, and what status and events compare with.
+pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -9,14 +9,13 @@
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use incept_common::data::tfrecord::RecordWriter;
 use incept_common::proto::tensorflow::{Event, Summary, event, summary};
 use incept_common::proto::{EvaluationReport, StepMetrics};
 use prost::Message;
 
-use crate::store::{hostname, rates};
+use crate::store::{hostname, now, rates};
 
 /// The folder of a run's event files, inside its run folder.
 pub const TENSORBOARD: &str = "tensorboard";
@@ -39,7 +38,7 @@ impl EventWriter {
     pub fn create(run_dir: &Path) -> io::Result<Self> {
         let dir = run_dir.join(TENSORBOARD);
         std::fs::create_dir_all(&dir)?;
-        let now = wall_time();
+        let now = now();
         let host = hostname();
         let path = dir.join(format!(
             "events.out.tfevents.{}.{host}.{}",
@@ -111,7 +110,7 @@ impl EventWriter {
             })
             .collect();
         self.write(Event {
-            wall_time: wall_time(),
+            wall_time: now(),
             step: step as i64,
             what: Some(event::What::Summary(Summary { value })),
         })
@@ -120,12 +119,6 @@ impl EventWriter {
     fn write(&mut self, event: Event) -> io::Result<()> {
         self.records.write(&event.encode_to_vec()).map(drop)
     }
-}
-
-fn wall_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
