@@ -28,6 +28,16 @@ pub enum Command {
         /// Continue a stopped run from its latest valid committed checkpoint.
         #[arg(long, value_name = "RUN_ID", conflicts_with = "overrides")]
         resume: Option<String>,
+        /// The new run's id (default: run.name, the time, 4 random hex digits). When the state
+        /// directory already holds this run, it is continued instead, with its own
+        /// configuration (a requeued Slurm job, a restarted Kubernetes pod); a run that already
+        /// succeeded is left as it is.
+        #[arg(long, value_name = "RUN_ID", conflicts_with = "resume")]
+        run_id: Option<String>,
+        /// Give workers the join token in FILE (a Kubernetes Secret) instead of a new random
+        /// one; it is also written to the run folder's `token`.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// Override a key: --set train.batch_size=16 (repeatable; applied after INCEPT__* env vars).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,

@@ -48,6 +48,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Launch {
             experiment,
             resume,
+            run_id,
+            token_file,
             overrides,
             state_dir,
         } => {
@@ -56,10 +58,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 (Some(experiment), None) => run::Start::New {
                     experiment,
                     overrides: &overrides,
+                    run_id: run_id.as_deref(),
                 },
                 (None, None) => unreachable!("clap requires an experiment or --resume"),
             };
-            follow(start, &state_dir)
+            let token = token_file
+                .as_deref()
+                .map(incept_worker::read_token_file)
+                .transpose()?;
+            follow(start, &state_dir, token)
         }
         Command::Eval {
             run_id,
@@ -86,7 +93,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 raw,
                 workers,
             };
-            follow(run::Start::Eval(&request), &state_dir)
+            follow(run::Start::Eval(&request), &state_dir, None)
         }
         Command::Predict(args) => {
             predict::run(&args)?;
@@ -178,12 +185,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts a run (or an evaluation) and follows it to the end.
-fn follow(start: run::Start, state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn follow(
+    start: run::Start,
+    state_dir: &std::path::Path,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run::launch(start, state_dir))
+        .block_on(run::launch(start, state_dir, token))
 }
 
 /// `--data SOURCE[:PATH]` as `data.source` and `data.path` overrides.

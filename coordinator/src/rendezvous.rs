@@ -41,11 +41,20 @@ impl Rendezvous {
         }
     }
 
-    /// Registers a worker's ring address (and NCCL id, kept from rank 0) and returns its rank,
-    /// the lowest free one; `Err` once the run is full.
-    pub fn register(&self, ring_addr: String, nccl_id: Vec<u8>) -> Result<u32, Status> {
+    /// Registers a worker's ring address (and NCCL id, kept from rank 0) and returns its rank:
+    /// `hint` (the worker's task index under its scheduler) when that rank is free, else the
+    /// lowest free one; `Err` once the run is full.
+    pub fn register(
+        &self,
+        ring_addr: String,
+        nccl_id: Vec<u8>,
+        hint: Option<u32>,
+    ) -> Result<u32, Status> {
         let mut slots = self.slots();
-        let Some(rank) = slots.iter().position(Option::is_none) else {
+        let hinted = hint
+            .map(|rank| rank as usize)
+            .filter(|&rank| slots.get(rank).is_some_and(Option::is_none));
+        let Some(rank) = hinted.or_else(|| slots.iter().position(Option::is_none)) else {
             return Err(Status::resource_exhausted(format!(
                 "the run is full: all {} ranks have joined",
                 self.world_size
@@ -110,27 +119,27 @@ mod tests {
     #[tokio::test]
     async fn releases_everyone_once_full_and_rejects_extras() {
         let rv = Arc::new(Rendezvous::new(2));
-        assert_eq!(rv.register("a:1".into(), vec![7; 128]).unwrap(), 0);
+        assert_eq!(rv.register("a:1".into(), vec![7; 128], None).unwrap(), 0);
         let waiter = tokio::spawn({
             let rv = rv.clone();
             async move { rv.wait(Duration::from_secs(5)).await }
         });
-        assert_eq!(rv.register("b:2".into(), vec![9; 128]).unwrap(), 1);
+        assert_eq!(rv.register("b:2".into(), vec![9; 128], None).unwrap(), 1);
         let roster = waiter.await.unwrap().unwrap();
         assert_eq!(roster.peers, ["a:1", "b:2"]);
         assert_eq!(roster.nccl_id, [7; 128], "rank 0's id, for every rank");
-        let extra = rv.register("c:3".into(), Vec::new()).unwrap_err();
+        let extra = rv.register("c:3".into(), Vec::new(), None).unwrap_err();
         assert_eq!(extra.code(), tonic::Code::ResourceExhausted);
     }
 
     #[tokio::test]
     async fn a_rank_given_back_goes_to_the_next_joiner() {
         let rv = Rendezvous::new(2);
-        assert_eq!(rv.register("a:1".into(), vec![7; 128]).unwrap(), 0);
+        assert_eq!(rv.register("a:1".into(), vec![7; 128], None).unwrap(), 0);
         assert!(rv.withdraw(0));
         assert_eq!(rv.joined_count(), 0);
-        assert_eq!(rv.register("b:2".into(), vec![9; 128]).unwrap(), 0);
-        assert_eq!(rv.register("c:3".into(), Vec::new()).unwrap(), 1);
+        assert_eq!(rv.register("b:2".into(), vec![9; 128], None).unwrap(), 0);
+        assert_eq!(rv.register("c:3".into(), Vec::new(), None).unwrap(), 1);
         let roster = rv.wait(Duration::from_secs(5)).await.unwrap();
         assert_eq!(roster.peers, ["b:2", "c:3"]);
         assert_eq!(roster.nccl_id, [9; 128], "the new rank 0's id");
@@ -138,9 +147,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_free_hinted_rank_is_given_and_a_taken_or_absent_one_is_not() {
+        let rv = Rendezvous::new(3);
+        assert_eq!(rv.register("c:3".into(), Vec::new(), Some(2)).unwrap(), 2);
+        assert_eq!(rv.register("x:9".into(), Vec::new(), Some(2)).unwrap(), 0);
+        assert_eq!(rv.register("b:2".into(), Vec::new(), Some(7)).unwrap(), 1);
+        let roster = rv.wait(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(roster.peers, ["x:9", "b:2", "c:3"]);
+    }
+
+    #[tokio::test]
     async fn times_out_naming_the_count() {
         let rv = Rendezvous::new(3);
-        rv.register("a:1".into(), Vec::new()).unwrap();
+        rv.register("a:1".into(), Vec::new(), None).unwrap();
         let err = rv.wait(Duration::from_millis(50)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
         assert!(err.message().contains("1 of 3"), "{}", err.message());

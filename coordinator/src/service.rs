@@ -67,6 +67,8 @@ pub struct RunContext {
     pub events: UnboundedSender<Event>,
     /// Set when the run is stopping; heartbeats then tell workers to stop.
     pub stopping: AtomicBool,
+    /// Set when a signal asks the run to stop: heartbeats then ask rank 0 for a checkpoint first.
+    pub checkpoint_now: AtomicBool,
 }
 
 pub struct CoordinatorService {
@@ -186,10 +188,11 @@ impl Coordinator for CoordinatorService {
                 request.nccl_id.len()
             )));
         }
-        let rank = self
-            .run
-            .rendezvous
-            .register(request.ring_addr.clone(), request.nccl_id.clone())?;
+        let rank = self.run.rendezvous.register(
+            request.ring_addr.clone(),
+            request.nccl_id.clone(),
+            request.rank_hint,
+        )?;
         // Dropped with this call when the worker goes away while held: its rank is freed.
         let held = HeldRank {
             run: &self.run,
@@ -230,7 +233,8 @@ impl Coordinator for CoordinatorService {
         if !stop {
             self.emit(Event::Heartbeat { rank, evaluated })?;
         }
-        Ok(Response::new(HeartbeatReply { stop }))
+        let checkpoint = self.run.checkpoint_now.load(Ordering::Relaxed);
+        Ok(Response::new(HeartbeatReply { stop, checkpoint }))
     }
 
     async fn report_metrics(

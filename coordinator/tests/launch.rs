@@ -168,8 +168,14 @@ struct Launched {
 
 impl Launched {
     fn spawn(fx: &Fixture) -> Self {
+        Self::spawn_with(fx, &[])
+    }
+
+    /// [`Launched::spawn`] with more `launch` flags.
+    fn spawn_with(fx: &Fixture, flags: &[&str]) -> Self {
         let mut cmd = fx.coordinator(&["launch"]);
         cmd.arg(fx.experiment())
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
@@ -483,25 +489,98 @@ fn final_top1(fx: &Fixture) -> f64 {
         .unwrap()
 }
 
+/// Rank 0's newest step in the run database (0 before the first report).
+fn newest_step(fx: &Fixture) -> i64 {
+    fx.db()
+        .query_row(
+            "SELECT COALESCE(MAX(step), 0) FROM metrics WHERE rank = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+}
+
+/// Waits until rank 0 has reported step `step` (a minute at most).
+fn wait_for_step(fx: &Fixture, step: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while newest_step(fx) < step {
+        assert!(
+            Instant::now() < deadline,
+            "rank 0 never reached step {step}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn a_killed_worker_is_replaced_and_the_run_ends_as_if_nothing_happened() {
+fn a_worker_killed_at_a_random_step_is_replaced_and_the_run_ends_as_if_nothing_happened() {
     let expected = &uninterrupted().losses;
-    let fx = Fixture::new(&checkpointed());
+    // Five seeded trials: which rank dies, and after which of the 72 steps.
+    let mut state: u64 = 0x1ce7_5eed;
+    for trial in 0..5 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let rank = (state >> 33) as u32 % 2;
+        let step = 2 + (state >> 40) as i64 % 60;
+        let fx = Fixture::new(&checkpointed());
+        let mut launched = Launched::spawn(&fx);
+        launched.wait_for_line("rank 1 joined");
+        wait_for_step(&fx, step);
+        kill_rank(&fx, rank);
+        let restart = launched.wait_for_line("restarting the workers from step");
+        let status = wait_for_exit(
+            &mut launched.child,
+            Duration::from_secs(300),
+            "the restarted run",
+        );
+        assert!(
+            status.success(),
+            "trial {trial}: rank {rank} killed after step {step}"
+        );
+        // Every step done once in the metrics, each with the uninterrupted run's loss.
+        assert_eq!(
+            &losses(&fx),
+            expected,
+            "trial {trial}: rank {rank} killed after step {step}, {restart}"
+        );
+    }
+}
+
+#[test]
+fn a_stopped_worker_is_detected_named_and_replaced() {
+    let expected = &uninterrupted().losses;
+    let timeout = 3;
+    let fx = Fixture::new(&checkpointed().replace(
+        "[cluster]\n",
+        &format!("[cluster]\nheartbeat_timeout_s = {timeout}\n"),
+    ));
     let mut launched = Launched::spawn(&fx);
-    launched.wait_for_line("checkpoint step 16 committed");
-    kill_rank(&fx, 1);
-    let restart = launched.wait_for_line("restarting the workers from step");
+    launched.wait_for_line("checkpoint step 8 committed");
+    let pid: i64 = fx
+        .db()
+        .query_row("SELECT pid FROM workers WHERE rank = 1", [], |r| r.get(0))
+        .unwrap();
+    let stopped = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let failed = launched.wait_for_line("generation 0 failed: ");
+    let detected = stopped.elapsed();
+    assert!(failed.contains("rank 1 sent no heartbeat"), "{failed}");
     assert!(
-        restart.contains("from step 16 ") || restart.contains("from step 24 "),
-        "{restart}"
+        detected < Duration::from_secs(2 * timeout),
+        "detected after {detected:?}, heartbeat timeout {timeout} s"
     );
     let status = wait_for_exit(
         &mut launched.child,
         Duration::from_secs(300),
-        "the restarted run",
+        "the run after a stopped worker",
     );
     assert!(status.success());
-    // Every step done once in the metrics, each with the uninterrupted run's loss.
+    assert!(!is_running(pid), "the stopped worker is gone");
     assert_eq!(&losses(&fx), expected);
 }
 
@@ -571,6 +650,32 @@ fn an_interrupted_coordinator_stops_its_external_workers() {
 }
 
 #[test]
+fn the_grpc_health_service_answers_serving_without_the_token() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    // Waiting for an external worker: the coordinator is up, the run not started.
+    let fx = Fixture::new(&TINY.replace("[cluster]\n", "[cluster]\nlauncher = \"external\"\n"));
+    let launched = Launched::spawn(&fx);
+    let line = launched.wait_for_line("coordinator at ");
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        client.check(request).await.unwrap().into_inner().status
+    });
+    assert_eq!(status, ServingStatus::Serving as i32);
+    interrupt_and_wait(launched.child, Duration::from_secs(15));
+}
+
+#[test]
 fn listening_beyond_loopback_without_tls_warns() {
     let fx = Fixture::new(&TINY.replace(
         "[cluster]\n",
@@ -634,7 +739,8 @@ fn an_external_worker_stops_when_its_coordinator_is_lost() {
 
 #[test]
 fn resume_takes_a_checkpoint_written_while_the_coordinator_was_down() {
-    let fx = Fixture::new(&checkpointed());
+    let fx =
+        Fixture::new(&checkpointed().replace("[cluster]\n", "[cluster]\nstop_checkpoint_s = 0\n"));
     let launched = Launched::spawn(&fx);
     let run_id = launched.run_id();
     launched.wait_for_line("checkpoint step 16 committed");
@@ -683,8 +789,9 @@ fn interrupted_run_resumes_with_identical_losses() {
     let expected = &uninterrupted().losses;
     let experiment = checkpointed();
 
-    // Interrupt a second run once its checkpoint of step 16 is committed, then resume it.
-    let fx = Fixture::new(&experiment);
+    // Interrupt a second run once its checkpoint of step 16 is committed, then resume it
+    // (stopping at once: the checkpoint a signal asks for is another test's).
+    let fx = Fixture::new(&experiment.replace("[cluster]\n", "[cluster]\nstop_checkpoint_s = 0\n"));
     let launched = Launched::spawn(&fx);
     let run_id = launched.run_id();
     launched.wait_for_line("checkpoint step 16 committed");
@@ -754,6 +861,100 @@ fn interrupted_run_resumes_with_identical_losses() {
         .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
         .unwrap();
     assert_eq!(kept, 2);
+}
+
+#[test]
+fn a_scheduler_signal_checkpoints_the_current_step_and_the_same_run_id_continues_it() {
+    let expected = &uninterrupted().losses;
+    let fx = Fixture::new(&checkpointed());
+    let launched = Launched::spawn_with(&fx, &["--run-id", "requeued-job"]);
+    assert_eq!(launched.run_id(), "requeued-job");
+    launched.wait_for_line("checkpoint step 8 committed");
+    let pids = worker_pids(&fx);
+    Command::new("kill")
+        .args(["-USR1", &launched.child.id().to_string()])
+        .status()
+        .unwrap();
+    launched.wait_for_line("SIGUSR1: checkpointing the current step");
+    // The next commit is the checkpoint the signal asked for; the run stops right after it.
+    let committed = launched.wait_for_line("checkpoint step ");
+    let step: i64 = committed
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(step > 8 && step < 72, "{committed}");
+    let mut child = launched.child;
+    let status = wait_for_exit(&mut child, Duration::from_secs(30), "the signalled run");
+    assert_eq!(status.code(), Some(138), "128 + SIGUSR1");
+    assert_all_end(&pids, Duration::from_secs(10));
+    let (status, error, newest): (String, String, i64) = fx
+        .db()
+        .query_row(
+            "SELECT status, error, (SELECT MAX(step) FROM checkpoints) FROM runs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), error.as_str(), newest),
+        ("interrupted", "interrupted by SIGUSR1", step)
+    );
+
+    // What a requeued job does: the same command, which continues the run from that step.
+    let relaunch = || {
+        let mut cmd = fx.coordinator(&["launch"]);
+        cmd.arg(fx.experiment()).args(["--run-id", "requeued-job"]);
+        run_with_limit(cmd, Duration::from_secs(300))
+    };
+    let out = relaunch();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("run requeued-job exists"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("resuming from step {step} ")),
+        "{stdout}"
+    );
+    assert_eq!(&losses(&fx), expected, "no step lost or trained twice");
+    let out = relaunch();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("run requeued-job already succeeded; nothing to do"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_given_token_file_is_the_token_workers_join_with() {
+    let fx = Fixture::new(&TINY.replace("[cluster]\n", "[cluster]\nlauncher = \"external\"\n"));
+    let secret = fx.dir.path().join("secret-token");
+    std::fs::write(&secret, "0123456789abcdef\n").unwrap();
+    let flags = [
+        "--token-file",
+        secret.to_str().unwrap(),
+        "--run-id",
+        "bad/id",
+    ];
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment()).args(flags);
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--run-id \"bad/id\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let launched = Launched::spawn_with(&fx, &flags[..2]);
+    let hint = launched.wait_for_line("--token-file");
+    let token_file = hint.split_whitespace().last().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(token_file).unwrap().trim(),
+        "0123456789abcdef"
+    );
+    interrupt_and_wait(launched.child, Duration::from_secs(15));
 }
 
 #[test]

@@ -21,6 +21,14 @@ use clap::Parser;
 /// overflow). Only touched pages cost memory.
 const TRAINING_STACK_BYTES: usize = 64 << 20;
 
+/// Where schedulers and launchers put a task's global index, in the order they are read.
+const RANK_VARS: [&str; 4] = [
+    "SLURM_PROCID",
+    "JOB_COMPLETION_INDEX",
+    "RANK",
+    "OMPI_COMM_WORLD_RANK",
+];
+
 /// Command line of a worker.
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +51,11 @@ pub struct WorkerArgs {
     /// the route to the coordinator (127.0.0.1 for a local one).
     #[arg(long)]
     listen_host: Option<String>,
+    /// The rank to ask for (given when free). Default: the scheduler's task index, the first of
+    /// SLURM_PROCID, JOB_COMPLETION_INDEX (a Kubernetes Indexed Job), RANK,
+    /// OMPI_COMM_WORLD_RANK that is set; none: the lowest free rank.
+    #[arg(long, value_name = "RANK")]
+    rank_hint: Option<u32>,
     /// Attempts to reach the coordinator before giving up.
     #[arg(long, default_value_t = 8)]
     connect_attempts: u32,
@@ -75,10 +88,14 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind((listen_host.as_str(), 0))
         .map_err(|e| anyhow::anyhow!("binding the ring listener on {listen_host}: {e}"))?;
     let ring_addr = listener.local_addr()?;
+    let rank_hint = match args.rank_hint {
+        Some(rank) => Some(rank),
+        None => rank_hint_from(|var| std::env::var(var).ok())?,
+    };
     let mut session =
         session::Session::connect(&args.coordinator, &token, args.connect_attempts).await?;
     let assignment = session
-        .join(ring_addr, communicator::nccl_id_for_join())
+        .join(ring_addr, communicator::nccl_id_for_join(), rank_hint)
         .await?;
     tracing::info!(
         run = %assignment.run_id,
@@ -92,23 +109,48 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 /// The join token: from `--token-file`, else `--token` / `INCEPT_TOKEN`.
 fn join_token(args: &WorkerArgs) -> anyhow::Result<String> {
     match (&args.token_file, &args.token) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", path.display()))?;
-            let token = text.trim();
-            anyhow::ensure!(
-                !token.is_empty(),
-                "the token file {} is empty",
-                path.display()
-            );
-            Ok(token.to_string())
-        }
+        (Some(path), _) => read_token_file(path),
         (None, Some(token)) => Ok(token.clone()),
         (None, None) => anyhow::bail!(
             "no join token: pass --token-file RUN_DIR/token (the path `coordinator launch` \
              prints) or set INCEPT_TOKEN"
         ),
     }
+}
+
+/// A join token kept in a file (the run folder's `token`, a Kubernetes Secret): its one line,
+/// which must be printable ASCII without spaces to travel in a gRPC header.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    anyhow::ensure!(
+        token.chars().all(|c| c.is_ascii_graphic()),
+        "the token file {} holds spaces or characters a gRPC header cannot carry (use hex, \
+         e.g. `openssl rand -hex 32`)",
+        path.display()
+    );
+    Ok(token.to_string())
+}
+
+/// The scheduler's task index: the first of [`RANK_VARS`] that `lookup` finds.
+fn rank_hint_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<u32>> {
+    let Some((var, value)) = RANK_VARS
+        .iter()
+        .find_map(|&var| lookup(var).map(|value| (var, value)))
+    else {
+        return Ok(None);
+    };
+    value
+        .trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("{var}={value:?} is not a rank (a task index like 0)"))
 }
 
 /// This machine's address on the route to the coordinator at `url`: where its peers, which
@@ -152,6 +194,29 @@ mod tests {
     }
 
     #[test]
+    fn the_rank_hint_comes_from_the_first_scheduler_variable_set() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |var: &str| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == var)
+                    .map(|(_, value)| value.to_string())
+            }
+        };
+        assert_eq!(rank_hint_from(env(&[])).unwrap(), None);
+        assert_eq!(
+            rank_hint_from(env(&[("RANK", "5"), ("JOB_COMPLETION_INDEX", "3")])).unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            rank_hint_from(env(&[("SLURM_PROCID", "7"), ("RANK", "5")])).unwrap(),
+            Some(7)
+        );
+        let err = rank_hint_from(env(&[("SLURM_PROCID", "x")])).unwrap_err();
+        assert!(err.to_string().contains("SLURM_PROCID=\"x\""), "{err}");
+    }
+
+    #[test]
     fn the_token_file_wins_and_an_empty_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
@@ -167,6 +232,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("is empty")
+        );
+        std::fs::write(&file, "two words\n").unwrap();
+        assert!(
+            join_token(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("gRPC header")
         );
         args.token_file = None;
         args.token = None;

@@ -75,11 +75,12 @@ impl Session {
     }
 
     /// Joins the run; returns once every rank has joined. `nccl_id` is this worker's offer of
-    /// the run's NCCL unique id (empty when it has none).
+    /// the run's NCCL unique id (empty when it has none); `rank_hint` the rank it asks for.
     pub async fn join(
         &mut self,
         ring_addr: std::net::SocketAddr,
         nccl_id: Vec<u8>,
+        rank_hint: Option<u32>,
     ) -> anyhow::Result<Assignment> {
         let request = JoinRequest {
             worker_id: format!("{}-{}", hostname(), std::process::id()),
@@ -87,6 +88,7 @@ impl Session {
             ring_addr: ring_addr.to_string(),
             pid: std::process::id(),
             nccl_id,
+            rank_hint,
         };
         match self.client.join(request).await {
             Ok(reply) => Ok(reply.into_inner()),
@@ -178,6 +180,8 @@ struct Heartbeats {
 async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progress: Arc<Progress>) {
     let mut ticker = tokio::time::interval(beats.every);
     let mut answered = Instant::now();
+    // The coordinator asks on every beat until it stops the run; one checkpoint answers it.
+    let mut checkpoint_asked = false;
     loop {
         ticker.tick().await;
         let step = progress.step.load(Ordering::Relaxed);
@@ -195,7 +199,14 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
                 tracing::warn!("the coordinator stopped the run");
                 progress.stop(format!("stopped by the coordinator at step {step}"));
             }
-            Ok(_) => answered = Instant::now(),
+            Ok(reply) => {
+                answered = Instant::now();
+                if reply.get_ref().checkpoint && !checkpoint_asked {
+                    checkpoint_asked = true;
+                    tracing::warn!("the coordinator asks for a checkpoint: it is stopping the run");
+                    progress.checkpoint_now.store(true, Ordering::Relaxed);
+                }
+            }
             Err(status) if answered.elapsed() >= beats.lost_after => {
                 progress.stop(format!(
                     "lost the coordinator: no heartbeat answered for {:?} (cluster.heartbeat_timeout_s; \

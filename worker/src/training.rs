@@ -39,6 +39,9 @@ pub struct Progress {
     pub evaluated: OnceLock<Arc<AtomicU64>>,
     /// Set when the run must stop (the coordinator said so, or is lost).
     pub stop: AtomicBool,
+    /// Set when the coordinator asks for a checkpoint after the current step (it is about to
+    /// stop the run); only rank 0 writes one.
+    pub checkpoint_now: AtomicBool,
     /// Aborts the communicator once it is connected, so a stop also ends a collective blocked on a
     /// lost peer at once instead of at its deadline.
     pub abort: OnceLock<AbortHandle>,
@@ -191,7 +194,8 @@ fn train<B: TrainBackend>(
         if every > 0 && done.is_multiple_of(every) {
             replica.check_consistency(done)?;
         }
-        if checkpoints.due(done, total) {
+        let asked = checkpoints.enabled && progress.checkpoint_now.swap(false, Ordering::Relaxed);
+        if asked || checkpoints.due(done, total) {
             let _ = reports.send(Report::Checkpoint(checkpoints.write(&replica, done)?));
         }
         if exp.train.eval_every > 0 && done.is_multiple_of(exp.train.eval_every) && done < total {

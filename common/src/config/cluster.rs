@@ -49,6 +49,10 @@ pub struct ClusterSection {
     /// that verifies before the run fails with every generation's cause (external workers are
     /// restarted by whoever started them).
     pub max_restarts: usize,
+    /// On a stop signal (Ctrl-C, SIGTERM, SIGHUP, Slurm's SIGUSR1 warning) the coordinator asks
+    /// rank 0 for a checkpoint of its current step and waits this long for it before stopping
+    /// the workers; 0 stops them at once.
+    pub stop_checkpoint_s: u64,
     /// GPUs of one node: the local launcher gives its worker `i` `LOCAL_RANK = i % gpus_per_node`
     /// (two workers share GPU 0 with the default 1).
     pub gpus_per_node: usize,
@@ -71,6 +75,7 @@ impl Default for ClusterSection {
             device: DeviceKind::Cpu,
             gpus_per_node: 1,
             max_restarts: 3,
+            stop_checkpoint_s: 120,
         }
     }
 }

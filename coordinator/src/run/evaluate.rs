@@ -99,7 +99,7 @@ pub(super) fn prepare_eval(request: &EvalRequest, state_dir: &Path) -> anyhow::R
         crops: exp.data.augment.eval_crops.name(),
         weights,
     };
-    let mut prepared = create_run(exp, &origin, state_dir)?;
+    let mut prepared = create_run(exp, &origin, None, state_dir)?;
     prepared.resume_from = resume_from;
     prepared.evaluation = Some(protocol);
     Ok(prepared)

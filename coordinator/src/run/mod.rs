@@ -34,7 +34,8 @@ use self::evaluate::prepare_eval;
 pub use self::evaluate::{EvalRequest, Weights};
 use self::monitor::Monitor;
 use self::prepare::{
-    Prepared, Resume, data_plan, newest_verified_checkpoint, prepare_new, prepare_resume,
+    Checkpoint, Prepared, Resume, data_plan, newest_verified_checkpoint, prepare_continue,
+    prepare_new, prepare_resume, run_exists,
 };
 use self::report::report;
 use self::signals::Signals;
@@ -57,10 +58,12 @@ enum Outcome {
 
 /// What `launch` starts.
 pub enum Start<'a> {
-    /// A new run of an experiment file, with `--set` overrides.
+    /// A new run of an experiment file, with `--set` overrides; with `run_id`, that run is
+    /// continued if the state directory holds it.
     New {
         experiment: &'a Path,
         overrides: &'a [String],
+        run_id: Option<&'a str>,
     },
     /// A stopped run, continued from its latest valid committed checkpoint.
     Resume { run_id: &'a str },
@@ -69,11 +72,16 @@ pub enum Start<'a> {
 }
 
 /// Starts (or resumes) a run, follows it to completion and returns the process exit code.
+/// Workers join with `token` (default: a new random one).
 ///
 /// A run is a sequence of generations: when one fails with local workers, the whole group is
 /// restarted from the newest checkpoint that verifies (as torchrun restarts its worker group),
 /// up to `cluster.max_restarts` times.
-pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCode> {
+pub async fn launch(
+    start: Start<'_>,
+    state_dir: &Path,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let Prepared {
         mut store,
         exp,
@@ -85,17 +93,25 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         evaluation,
     } = match start {
         Start::New {
+            run_id: Some(run_id),
+            ..
+        } if run_exists(state_dir, run_id)? => match prepare_continue(run_id, state_dir)? {
+            Some(prepared) => prepared,
+            None => return Ok(ExitCode::SUCCESS),
+        },
+        Start::New {
             experiment,
             overrides,
-        } => prepare_new(experiment, overrides, state_dir)?,
-        Start::Resume { run_id } => prepare_resume(run_id, state_dir)?,
+            run_id,
+        } => prepare_new(experiment, overrides, run_id, state_dir)?,
+        Start::Resume { run_id } => prepare_resume(run_id, state_dir, Checkpoint::Required)?,
         Start::Eval(request) => prepare_eval(request, state_dir)?,
     };
     let worker_bin = match exp.cluster.launcher {
         Launcher::Local => Some(WorkerCommand::locate()?),
         Launcher::External => None,
     };
-    let token = new_token();
+    let token = token.unwrap_or_else(new_token);
     write_atomic(&run_dir.join(TOKEN), token.as_bytes(), 0o600)?;
     if let Some(protocol) = &evaluation {
         let message = format!(
@@ -105,7 +121,6 @@ pub async fn launch(start: Start<'_>, state_dir: &Path) -> anyhow::Result<ExitCo
         store.event(&run_id, "info", &message)?;
         println!("{message}");
     } else if let Some(Resume { step, path, .. }) = &resume_from {
-        store.reopen_run(&run_id)?;
         let message = format!("resuming from step {step} ({})", path.display());
         store.event(&run_id, "info", &message)?;
         println!("{message}");
@@ -245,10 +260,14 @@ impl Generation<'_> {
             rendezvous: Rendezvous::new(exp.cluster.world_size),
             events,
             stopping: AtomicBool::new(false),
+            checkpoint_now: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        // The standard gRPC health service, without the token: what a Kubernetes probe asks.
+        let (_health, health_service) = tonic_health::server::health_reporter();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(service::server(ctx.clone(), self.token.to_string()))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),

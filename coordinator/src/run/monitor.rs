@@ -2,6 +2,7 @@
 //! or is interrupted.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -17,7 +18,7 @@ use crate::store::{LEASE_RENEW_S, Protocol, Store, rates};
 use crate::tensorboard::EventWriter;
 
 use super::Outcome;
-use super::signals::Signals;
+use super::signals::{Signal, Signals};
 
 /// Follows a run's events and the health of its workers.
 pub(super) struct Monitor<'a> {
@@ -53,6 +54,10 @@ pub(super) struct Monitor<'a> {
     evaluated: Option<Vec<u64>>,
     /// The run's TensorBoard events; `None` once writing them failed (the run goes on).
     tensorboard: Option<&'a mut EventWriter>,
+    /// `cluster.stop_checkpoint_s`: how long a signalled run waits for rank 0's checkpoint.
+    stop_checkpoint: Duration,
+    /// A signal came: the run stops once rank 0's checkpoint is in, or at the deadline.
+    draining: Option<(Signal, Instant)>,
 }
 
 impl<'a> Monitor<'a> {
@@ -91,6 +96,8 @@ impl<'a> Monitor<'a> {
             protocol: Protocol::of(exp),
             evaluated: evaluation.then(|| vec![0; world]),
             tensorboard,
+            stop_checkpoint: Duration::from_secs(exp.cluster.stop_checkpoint_s),
+            draining: None,
         }
     }
 
@@ -104,7 +111,7 @@ impl<'a> Monitor<'a> {
             let step = tokio::select! {
                 Some(event) = events.recv() => self.on_event(event),
                 _ = ticker.tick() => self.renew_lease().map(|()| self.check_health()),
-                signal = signals.next() => Ok(Some(Outcome::Interrupted(signal))),
+                signal = signals.next() => self.on_signal(signal),
             };
             match step {
                 Ok(Some(outcome)) => break outcome,
@@ -114,6 +121,25 @@ impl<'a> Monitor<'a> {
         };
         self.progress.finish();
         outcome
+    }
+
+    /// A stop signal: a training run first asks rank 0 for a checkpoint of its current step
+    /// (the run then loses nothing), a second signal or an evaluation stops at once.
+    fn on_signal(&mut self, signal: Signal) -> anyhow::Result<Option<Outcome>> {
+        let training = self.evaluated.is_none() && self.ctx.rendezvous.is_complete();
+        if self.draining.is_some() || !training || self.stop_checkpoint.is_zero() {
+            return Ok(Some(Outcome::Interrupted(signal)));
+        }
+        self.ctx.checkpoint_now.store(true, Ordering::Relaxed);
+        self.draining = Some((signal, Instant::now() + self.stop_checkpoint));
+        let message = format!(
+            "{}: checkpointing the current step before stopping (up to {} s,              cluster.stop_checkpoint_s; another signal stops at once)",
+            signal.name(),
+            self.stop_checkpoint.as_secs()
+        );
+        self.progress.println(&message);
+        self.store.event(&self.ctx.run_id, "warn", &message)?;
+        Ok(None)
     }
 
     fn on_event(&mut self, event: Event) -> anyhow::Result<Option<Outcome>> {
@@ -201,7 +227,15 @@ impl<'a> Monitor<'a> {
                     eval.loss
                 ));
             }
-            Event::Checkpoint(report) => self.commit_checkpoint(report.step, &report.path)?,
+            Event::Checkpoint(report) => {
+                self.commit_checkpoint(report.step, &report.path)?;
+                // The last step's checkpoint comes just before the run succeeds: let it.
+                if let Some((signal, _)) = self.draining
+                    && report.step < self.ctx.total_steps
+                {
+                    return Ok(Some(Outcome::Interrupted(signal)));
+                }
+            }
             Event::Finished(result) => {
                 let rank = result.rank as usize;
                 if !result.error.is_empty() {
@@ -329,6 +363,15 @@ impl<'a> Monitor<'a> {
     }
 
     fn check_health(&mut self) -> Option<Outcome> {
+        if let Some((signal, deadline)) = self.draining
+            && Instant::now() >= deadline
+        {
+            self.progress.println(&format!(
+                "warning: no checkpoint within {} s (cluster.stop_checkpoint_s): stopping without one",
+                self.stop_checkpoint.as_secs()
+            ));
+            return Some(Outcome::Interrupted(signal));
+        }
         // A worker that exited, or a failure whose root cause is still being looked for.
         let failed = self.attribute();
         if failed.is_some() || self.failing_since.is_some() {

@@ -43,10 +43,51 @@ pub(super) struct Prepared {
 pub(super) fn prepare_new(
     experiment: &Path,
     overrides: &[String],
+    run_id: Option<&str>,
     state_dir: &Path,
 ) -> anyhow::Result<Prepared> {
     let exp = resolve::load(experiment, overrides)?;
-    create_run(exp, &experiment.display().to_string(), state_dir)
+    create_run(exp, &experiment.display().to_string(), run_id, state_dir)
+}
+
+/// Whether the state directory's run database holds `run_id`.
+pub(super) fn run_exists(state_dir: &Path, run_id: &str) -> anyhow::Result<bool> {
+    let database = state_dir.join(DATABASE);
+    if !database.is_file() {
+        return Ok(false);
+    }
+    let store = Store::open(&database)?;
+    Ok(store.run_config(run_id)?.is_some())
+}
+
+/// `launch --run-id` of a run the state directory holds: continued from its newest checkpoint
+/// (from the start when it stopped before its first); `None` when it already succeeded.
+pub(super) fn prepare_continue(run_id: &str, state_dir: &Path) -> anyhow::Result<Option<Prepared>> {
+    let store = Store::open(&state_dir.join(DATABASE))?;
+    if let Some((_, RunStatus::Succeeded)) = store.run_config(run_id)? {
+        println!("run {run_id} already succeeded; nothing to do");
+        return Ok(None);
+    }
+    drop(store);
+    println!(
+        "run {run_id} exists in {}: continuing it with its own configuration (the experiment \
+         file and --set are not read again)",
+        state_dir.display()
+    );
+    let prepared = prepare_resume(run_id, state_dir, Checkpoint::Optional)?;
+    if prepared.resume_from.is_none() {
+        println!("it stopped before its first checkpoint: starting it over");
+    }
+    Ok(Some(prepared))
+}
+
+/// Whether a resumed run must have a checkpoint to continue from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Checkpoint {
+    /// `launch --resume`: a run without one is an error.
+    Required,
+    /// `launch --run-id`: a run without one starts over.
+    Optional,
 }
 
 /// Creates the run of a checked experiment (from `origin`): folder, resolved config, database
@@ -54,8 +95,12 @@ pub(super) fn prepare_new(
 pub(super) fn create_run(
     mut exp: Experiment,
     origin: &str,
+    run_id: Option<&str>,
     state_dir: &Path,
 ) -> anyhow::Result<Prepared> {
+    if let Some(run_id) = run_id {
+        check_run_id(run_id)?;
+    }
     if exp.cluster.launcher == Launcher::Local {
         launcher::check_local_devices(&exp.cluster)?;
     }
@@ -64,7 +109,7 @@ pub(super) fn create_run(
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let mut store = Store::open(&state_dir.join(DATABASE))?;
-    let run_id = new_run_id(&exp.run.name);
+    let run_id = run_id.map_or_else(|| new_run_id(&exp.run.name), str::to_string);
     let run_dir = run_dir(state_dir, &run_id)?;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
@@ -91,7 +136,11 @@ pub(super) fn create_run(
 }
 
 /// Loads a stopped run and picks the newest committed checkpoint that verifies.
-pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<Prepared> {
+pub(super) fn prepare_resume(
+    run_id: &str,
+    state_dir: &Path,
+    checkpoint: Checkpoint,
+) -> anyhow::Result<Prepared> {
     let database = state_dir.join(DATABASE);
     if !database.is_file() {
         bail!("no run database at {}", database.display());
@@ -128,16 +177,17 @@ pub(super) fn prepare_resume(run_id: &str, state_dir: &Path) -> anyhow::Result<P
     }
     let run_dir = run_dir(state_dir, run_id)?;
     let resume_from = newest_verified_checkpoint(&store, run_id, &run_dir)?;
-    let Some(resume_from) = resume_from else {
+    if resume_from.is_none() && checkpoint == Checkpoint::Required {
         bail!("run {run_id} has no valid checkpoint to resume from");
-    };
+    }
+    store.reopen_run(run_id)?;
     Ok(Prepared {
         store,
         exp,
         run_id: run_id.to_string(),
         run_dir,
         resolved,
-        resume_from: Some(resume_from),
+        resume_from,
         layout,
         evaluation: None,
     })
@@ -237,6 +287,23 @@ pub(super) fn data_plan(layout: &ShardLayout, resume: Option<&Resume>) -> DataPl
         start_epoch: position.epoch,
         start_offset: position.offset,
     }
+}
+
+/// A run id given on the command line names a folder of the state directory: letters, digits,
+/// `-`, `_` and `.`, not starting with `.`, at most 128 characters.
+fn check_run_id(run_id: &str) -> anyhow::Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if run_id.is_empty()
+        || run_id.len() > 128
+        || run_id.starts_with('.')
+        || !run_id.chars().all(allowed)
+    {
+        bail!(
+            "--run-id {run_id:?}: a run id is 1 to 128 letters, digits, '-', '_' or '.', not \
+             starting with '.'"
+        );
+    }
+    Ok(())
 }
 
 /// `<name>-<UTC time>-<4 hex>`: sortable, readable, unique enough for one state dir.

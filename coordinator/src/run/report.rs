@@ -83,6 +83,11 @@ pub(super) fn report(store: &Store, ended: &Ended, outcome: Outcome) -> anyhow::
             let why = format!("interrupted by {}", signal.name());
             store.finish_run(run_id, RunStatus::Interrupted, None, Some(&why))?;
             eprintln!("run {run_id} {why}; workers stopped");
+            let state_dir = run_dir.parent().unwrap_or(Path::new("."));
+            eprintln!(
+                "continue it with: coordinator launch --resume {run_id} --state-dir {}",
+                state_dir.display()
+            );
             Ok(ExitCode::from(signal.exit_code()))
         }
     }

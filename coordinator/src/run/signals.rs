@@ -1,5 +1,6 @@
-//! The signals that interrupt a run: Ctrl-C, and a scheduler's SIGTERM or SIGHUP. Listened to
-//! for the whole launch, so one that arrives between two generations is not lost.
+//! The signals that interrupt a run: Ctrl-C, a scheduler's SIGTERM or SIGHUP, and SIGUSR1 (what
+//! `sbatch --signal=B:USR1@300` sends before a job's time limit). Listened to for the whole
+//! launch, so one that arrives between two generations is not lost.
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -9,6 +10,7 @@ pub(super) enum Signal {
     Interrupt,
     Terminate,
     HangUp,
+    User1,
 }
 
 impl Signal {
@@ -18,6 +20,7 @@ impl Signal {
             Signal::Interrupt => "SIGINT",
             Signal::Terminate => "SIGTERM",
             Signal::HangUp => "SIGHUP",
+            Signal::User1 => "SIGUSR1",
         }
     }
 
@@ -27,6 +30,7 @@ impl Signal {
             Signal::Interrupt => 2,
             Signal::Terminate => 15,
             Signal::HangUp => 1,
+            Signal::User1 => 10,
         }
     }
 }
@@ -36,15 +40,17 @@ pub(super) struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hang_up: tokio::signal::unix::Signal,
+    user1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    /// Takes SIGINT, SIGTERM and SIGHUP over from their default action (ending the process).
+    /// Takes SIGINT, SIGTERM, SIGHUP and SIGUSR1 over from their default action (ending the process).
     pub(super) fn install() -> std::io::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             hang_up: signal(SignalKind::hangup())?,
+            user1: signal(SignalKind::user_defined1())?,
         })
     }
 
@@ -54,6 +60,7 @@ impl Signals {
             _ = self.interrupt.recv() => Signal::Interrupt,
             _ = self.terminate.recv() => Signal::Terminate,
             _ = self.hang_up.recv() => Signal::HangUp,
+            _ = self.user1.recv() => Signal::User1,
         }
     }
 }
