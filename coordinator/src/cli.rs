@@ -115,6 +115,15 @@ pub enum Command {
         #[arg(long, default_value_os_t = run::default_state_dir())]
         state_dir: PathBuf,
     },
+    /// Serve a web dashboard of a state directory's runs, live or finished: runs table, curves,
+    /// events, CSV downloads, Prometheus /metrics.
+    Dashboard {
+        #[arg(long, default_value_os_t = run::default_state_dir())]
+        state_dir: PathBuf,
+        /// Address to listen on (a non-loopback one shows every run to whoever reaches it).
+        #[arg(long, default_value = "127.0.0.1:6007")]
+        bind: String,
+    },
     /// List the runs of a state directory.
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]
@@ -189,6 +198,9 @@ pub enum BenchCommand {
     },
     /// Training-step images/s and peak memory (forward, loss, backward, optimizer).
     Step(bench::step::StepBench),
+    /// Opening a long run in the dashboard (runs table + a chart-width curve) against its
+    /// full-resolution curve, over real HTTP on a synthetic run database.
+    Dashboard(bench::dashboard::DashboardBench),
     /// Input-pipeline images/s: decode + Inception crop + flip + resize + normalise.
     Data(bench::data::DataBench),
     /// All-reduce time, algbw and busbw per size across real rank processes (as nccl-tests).

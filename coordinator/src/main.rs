@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod dashboard;
 mod dataset;
 mod launcher;
 mod models;
@@ -110,6 +111,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             status::show(&state_dir, run_id.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard { state_dir, bind } => {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(dashboard::serve(&state_dir, &bind))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runs { state_dir } => {
             runs::list(&state_dir)?;
             Ok(ExitCode::SUCCESS)
@@ -151,6 +160,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 BenchCommand::Step(step) => bench::step::run(&step)?,
                 BenchCommand::Data(data) => bench::data::run(&data)?,
+                BenchCommand::Dashboard(dashboard) => bench::dashboard::run(&dashboard)?,
                 BenchCommand::Allreduce(allreduce) => bench::allreduce::run(&allreduce)?,
                 BenchCommand::AllreduceRank(job) => bench::allreduce_rank::run(&job)?,
             }

@@ -109,7 +109,7 @@ impl RunStatus {
         RunStatus::Interrupted,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::Succeeded => "succeeded",
@@ -119,7 +119,7 @@ impl RunStatus {
     }
 
     /// The status stored as `text`, if it is one this version writes.
-    fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 }

@@ -53,6 +53,9 @@ pub struct ClusterSection {
     /// rank 0 for a checkpoint of its current step and waits this long for it before stopping
     /// the workers; 0 stops them at once.
     pub stop_checkpoint_s: u64,
+    /// Where `coordinator launch` serves the dashboard of its state directory (port 0: any free
+    /// one; empty: no dashboard). A non-loopback address shows every run to whoever reaches it.
+    pub dashboard_bind: String,
     /// GPUs of one node: the local launcher gives its worker `i` `LOCAL_RANK = i % gpus_per_node`
     /// (two workers share GPU 0 with the default 1).
     pub gpus_per_node: usize,
@@ -76,6 +79,7 @@ impl Default for ClusterSection {
             gpus_per_node: 1,
             max_restarts: 3,
             stop_checkpoint_s: 120,
+            dashboard_bind: "127.0.0.1:0".into(),
         }
     }
 }

@@ -5,11 +5,14 @@
 //! - [`data`]: the input pipeline against PIL + torchvision;
 //! - [`allreduce`]: ring all-reduce across rank processes against torch.distributed's Gloo and
 //!   iperf3's loopback TCP ([`allreduce_rank`] is one rank process);
+//! - [`dashboard`]: opening a long run in the dashboard against loading its full-resolution
+//!   curve;
 //! - [`nccl_inplace`]: not a race but a check for GPU machines: NCCL reducing training's
 //!   gradient buckets in their own device memory.
 
 pub mod allreduce;
 pub mod allreduce_rank;
+pub mod dashboard;
 pub mod data;
 pub mod nccl_inplace;
 pub mod step;

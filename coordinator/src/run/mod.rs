@@ -24,6 +24,7 @@ use incept_common::fsutil::write_atomic;
 use incept_common::proto::EvaluationReport;
 use tokio::sync::mpsc;
 
+use crate::dashboard;
 use crate::launcher::{LocalWorkers, WorkerCommand};
 use crate::rendezvous::Rendezvous;
 use crate::service::{self, RunContext};
@@ -143,6 +144,12 @@ pub async fn launch(
             None
         }
     };
+    if !exp.cluster.dashboard_bind.is_empty() {
+        let url = dashboard::start(state_dir, &exp.cluster.dashboard_bind)
+            .await
+            .context("cluster.dashboard_bind")?;
+        println!("dashboard: {url}");
+    }
     let mut signals = Signals::install().context("installing the signal handlers")?;
     let started = Instant::now();
     let mut resume_from = resume_from;

@@ -1,0 +1,367 @@
+//! The dashboard's JSON API. Every error is a JSON `{"error": …}` with a status that says whose
+//! fault it is: 404 for an unknown run or path, 400 naming the query parameter that is wrong.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rusqlite::{Connection, OptionalExtension};
+use serde_json::{Value, json};
+
+use super::Dashboard;
+use super::series::{METRICS, Metric, Point, downsample};
+use crate::store::{RunStatus, now};
+
+/// A request the API cannot answer, and why.
+pub(super) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_parameter(name: &str, message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("query parameter `{name}`: {message}"),
+        }
+    }
+
+    pub(super) fn internal(err: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: err.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Runs `read` on a read-only connection, off the async threads.
+async fn read<T: Send + 'static>(
+    dashboard: Arc<Dashboard>,
+    read: impl FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let conn = dashboard.connect().map_err(ApiError::internal)?;
+        read(&conn)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// The creation time of `run_id`, or a 404 naming it.
+fn run_created_at(conn: &Connection, run_id: &str) -> Result<f64, ApiError> {
+    conn.query_row("SELECT created_at FROM runs WHERE id = ?1", [run_id], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(ApiError::internal)?
+    .ok_or_else(|| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no run {run_id:?} in this state directory"),
+    })
+}
+
+pub(super) async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no such page: {}", uri.path()),
+    }
+}
+
+/// `GET /api/runs?name=REGEX&status=S`.
+pub(super) async fn runs(
+    State(dashboard): State<Arc<Dashboard>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let name = match query.get("name").filter(|n| !n.is_empty()) {
+        Some(pattern) => {
+            Some(regex::Regex::new(pattern).map_err(|err| ApiError::bad_parameter("name", err))?)
+        }
+        None => None,
+    };
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        Some(status) => Some(RunStatus::parse(status).ok_or_else(|| {
+            ApiError::bad_parameter(
+                "status",
+                format!("{status:?} is not running, succeeded, failed or interrupted"),
+            )
+        })?),
+        None => None,
+    };
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !["name", "status"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_parameter(unknown, "unknown (name, status)"));
+    }
+    read(dashboard, move |conn| {
+        let mut runs = list_runs(conn).map_err(ApiError::internal)?;
+        runs.retain(|run| {
+            name.as_ref().is_none_or(|re| re.is_match(&run.name))
+                && status.is_none_or(|s| run.status == s.as_str())
+        });
+        Ok(Json(runs_json(&runs)))
+    })
+    .await
+}
+
+/// One row of the runs table.
+struct RunRow {
+    id: String,
+    name: String,
+    status: String,
+    world_size: i64,
+    total_steps: i64,
+    steps_done: Option<i64>,
+    created_at: f64,
+    finished_at: Option<f64>,
+    top1: Option<f64>,
+    top5: Option<f64>,
+    best_top1: Option<f64>,
+    best_top5: Option<f64>,
+    /// The resolved experiment, flattened to `section.key = value`.
+    config: BTreeMap<String, String>,
+}
+
+fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
+    let mut query = conn.prepare(
+        "SELECT r.id, r.name, r.status, r.world_size, r.total_steps,
+                (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id AND m.rank = 0),
+                r.created_at, r.finished_at, r.val_top1, r.val_top5,
+                (SELECT MAX(top1) FROM evaluations e WHERE e.run_id = r.id),
+                (SELECT MAX(top5) FROM evaluations e WHERE e.run_id = r.id),
+                r.config
+         FROM runs r ORDER BY r.created_at DESC",
+    )?;
+    let rows = query.query_map([], |r| {
+        let config: String = r.get(12)?;
+        Ok(RunRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            status: r.get(2)?,
+            world_size: r.get(3)?,
+            total_steps: r.get(4)?,
+            steps_done: r.get(5)?,
+            created_at: r.get(6)?,
+            finished_at: r.get(7)?,
+            top1: r.get(8)?,
+            top5: r.get(9)?,
+            best_top1: r.get(10)?,
+            best_top5: r.get(11)?,
+            config: flatten(&config),
+        })
+    })?;
+    rows.collect()
+}
+
+/// `section.key = value` of a resolved experiment (empty when it does not parse).
+fn flatten(toml_text: &str) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, value, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(value) = toml_text.parse::<toml::Value>() {
+        walk("", &value, &mut out);
+    }
+    out
+}
+
+/// The runs as JSON, each with the hyperparameters in which the listed runs differ.
+fn runs_json(runs: &[RunRow]) -> Value {
+    let keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
+    let differing: Vec<&String> = keys
+        .into_iter()
+        .filter(|key| {
+            let values: BTreeSet<Option<&String>> =
+                runs.iter().map(|r| r.config.get(*key)).collect();
+            values.len() > 1
+        })
+        .collect();
+    let now = now();
+    let rows: Vec<Value> = runs
+        .iter()
+        .map(|run| {
+            let params: BTreeMap<&String, Option<&String>> = differing
+                .iter()
+                .map(|key| (*key, run.config.get(*key)))
+                .collect();
+            json!({
+                "id": run.id,
+                "name": run.name,
+                "status": run.status,
+                "world_size": run.world_size,
+                "total_steps": run.total_steps,
+                "steps_done": run.steps_done.unwrap_or(0),
+                "created_at": run.created_at,
+                "elapsed_s": run.finished_at.unwrap_or(now) - run.created_at,
+                "top1": run.top1,
+                "top5": run.top5,
+                "best_top1": run.best_top1,
+                "best_top5": run.best_top5,
+                "params": params,
+            })
+        })
+        .collect();
+    json!({ "runs": rows, "differing": differing })
+}
+
+/// What `GET /api/runs/{id}/series` asks for.
+struct SeriesQuery {
+    metric: Metric,
+    rank: u32,
+    /// `None`: CSV at full resolution.
+    buckets: Option<usize>,
+}
+
+/// Most points a chart asks for: a chart is never wider than this many pixels.
+const MAX_POINTS: usize = 100_000;
+
+impl SeriesQuery {
+    fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let metric_name = query.get("metric").map_or("loss", String::as_str);
+        let metric = Metric::named(metric_name).ok_or_else(|| {
+            let known: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+            ApiError::bad_parameter(
+                "metric",
+                format!("unknown {metric_name:?}; known: {}", known.join(", ")),
+            )
+        })?;
+        let rank = match query.get("rank") {
+            Some(rank) => rank
+                .parse()
+                .map_err(|_| ApiError::bad_parameter("rank", format!("{rank:?} is not a rank")))?,
+            None => 0,
+        };
+        let points = match query.get("points") {
+            Some(points) => points
+                .parse::<usize>()
+                .ok()
+                .filter(|p| (2..=MAX_POINTS).contains(p))
+                .ok_or_else(|| {
+                    ApiError::bad_parameter(
+                        "points",
+                        format!("{points:?} is not a number from 2 to {MAX_POINTS}"),
+                    )
+                })?,
+            None => 1000,
+        };
+        let buckets = match query.get("format").map(String::as_str) {
+            None | Some("json") => Some(points / 2),
+            Some("csv") => None,
+            Some(other) => {
+                return Err(ApiError::bad_parameter(
+                    "format",
+                    format!("{other:?} is not json or csv"),
+                ));
+            }
+        };
+        let known = ["metric", "rank", "points", "format"];
+        if let Some(unknown) = query.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ApiError::bad_parameter(
+                unknown,
+                format!("unknown ({})", known.join(", ")),
+            ));
+        }
+        Ok(Self {
+            metric,
+            rank,
+            buckets,
+        })
+    }
+}
+
+/// `GET /api/runs/{id}/series?metric=M&rank=R&points=N&format=json|csv`: JSON downsampled to
+/// at most `points` points (default 1000), or CSV at full resolution.
+pub(super) async fn series(
+    State(dashboard): State<Arc<Dashboard>>,
+    Path(run_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let query = SeriesQuery::parse(&query)?;
+    read(dashboard, move |conn| {
+        run_created_at(conn, &run_id)?;
+        let points = query
+            .metric
+            .read(conn, &run_id, query.rank)
+            .map_err(ApiError::internal)?;
+        Ok(match query.buckets {
+            Some(buckets) => {
+                Json(series_json(&run_id, query.metric, &points, buckets)).into_response()
+            }
+            None => (
+                [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                series_csv(query.metric, &points),
+            )
+                .into_response(),
+        })
+    })
+    .await
+}
+
+fn series_json(run_id: &str, metric: Metric, points: &[Point], buckets: usize) -> Value {
+    let kept = downsample(points, buckets);
+    // JSON has no NaN or infinity: a non-finite value (a skipped step's loss) is null.
+    let finite = |v: f64| v.is_finite().then_some(v);
+    json!({
+        "run": run_id,
+        "metric": metric.name,
+        "total_points": points.len(),
+        "step": kept.iter().map(|p| p.step).collect::<Vec<_>>(),
+        "seconds": kept.iter().map(|p| finite(p.seconds)).collect::<Vec<_>>(),
+        "value": kept.iter().map(|p| finite(p.value)).collect::<Vec<_>>(),
+    })
+}
+
+fn series_csv(metric: Metric, points: &[Point]) -> String {
+    let mut csv = format!("step,seconds,{}\n", metric.name);
+    for p in points {
+        csv.push_str(&format!("{},{},{}\n", p.step, p.seconds, p.value));
+    }
+    csv
+}
+
+/// `GET /api/runs/{id}/events`: the run's events, oldest first.
+pub(super) async fn events(
+    State(dashboard): State<Arc<Dashboard>>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    read(dashboard, move |conn| {
+        let created = run_created_at(conn, &run_id)?;
+        let mut query = conn
+            .prepare("SELECT at, level, message FROM events WHERE run_id = ?1 ORDER BY at")
+            .map_err(ApiError::internal)?;
+        let events: Vec<Value> = query
+            .query_map([&run_id], |r| {
+                let at: f64 = r.get(0)?;
+                let level: String = r.get(1)?;
+                let message: String = r.get(2)?;
+                Ok(json!({ "seconds": at - created, "level": level, "message": message }))
+            })
+            .and_then(Iterator::collect)
+            .map_err(ApiError::internal)?;
+        Ok(Json(json!({ "run": run_id, "events": events })))
+    })
+    .await
+}
