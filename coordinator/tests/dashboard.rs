@@ -232,21 +232,25 @@ fn prometheus_parses_the_metrics() {
 }
 
 #[test]
-fn chromium_shows_a_training_run_live_and_hides_it_on_request() {
+fn chromium_shows_runs_live_smooths_groups_and_hides_them() {
     let script = workspace_file("coordinator/tests/dashboard_browser.py");
     let fx = Fixture::new(&TINY.replace("epochs = 2", "epochs = 40"));
+    // A finished run with another learning rate, to group by.
+    let mut finished = fx.coordinator(&["launch"]);
+    finished.arg(fx.experiment()).args([
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.optimizer.learning_rate=0.02",
+    ]);
+    let out = run_with_limit(finished, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let mut launch = fx.coordinator(&["launch"]);
     launch
         .arg(fx.experiment())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut training = launch.spawn().unwrap();
-    // The run is in the database once its coordinator created it; the dashboard needs it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !fx.state_dir().join("incept.db").is_file() {
-        assert!(std::time::Instant::now() < deadline, "no run database");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let served = Served::start(&fx);
     let screenshot = std::env::temp_dir().join("incept-dashboard.png");
     let mut browser = Command::new("python3");

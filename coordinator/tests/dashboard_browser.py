@@ -1,6 +1,8 @@
-"""Drives the dashboard in a real headless Chromium through chromedriver (WebDriver), while a run
-trains: the runs table lists the run, the loss chart gains points without a reload, a screenshot
-is saved, and unticking the run removes its line.
+"""Drives the dashboard in a real headless Chromium through chromedriver (WebDriver), over a
+finished run and one that trains: the runs table lists both, the loss chart gains points without
+a reload, a screenshot is saved, smoothing draws smoothed lines over the raw ones, grouping by
+the learning rate (the runs differ in it) draws one mean line per group, and unticking a run
+removes its line.
 
     python3 dashboard_browser.py URL SCREENSHOT.png
 
@@ -35,14 +37,29 @@ POINTS = """
     const chart = document.getElementById('chart');
     return chart.data ? chart.data.reduce((n, trace) => n + trace.x.length, 0) : 0;
 """
+TRACES = "return (document.getElementById('chart').data || []).length"
+MEANS = "return (document.getElementById('chart').data || []).filter(t => t.meta === 'mean').length"
+
+
+def choose(driver, select, value):
+    """Picks `value` in the <select id=select> (or sets the slider) and tells the page."""
+    driver.execute_script(
+        "const e = document.getElementById(arguments[0]); e.value = arguments[1];"
+        "e.dispatchEvent(new Event('change'));",
+        select,
+        value,
+    )
+
+
 try:
     driver.get(url)
     wait = WebDriverWait(driver, 90)
-    rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"))
-    run = rows[0].get_attribute("data-run")
-    print(f"runs table lists {run}")
+    rows = wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2
+                      and d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"))
+    live = next(r.get_attribute("data-run") for r in rows if "running" in r.text)
+    print(f"runs table lists both runs; {live} is running")
 
-    wait.until(lambda d: d.execute_script(POINTS) > 0)
+    wait.until(lambda d: d.execute_script(TRACES) == 2 and d.execute_script(POINTS) > 0)
     first = driver.execute_script(POINTS)
     # A reload would lose this mark: the points must arrive in the same page.
     driver.execute_script("window.inceptMark = 'same page';")
@@ -51,8 +68,28 @@ try:
     print(f"loss chart grew from {first} to {driver.execute_script(POINTS)} points without a reload")
     driver.save_screenshot(screenshot)
 
-    driver.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{run}"] input.show').click()
-    wait.until(lambda d: d.execute_script("return document.getElementById('chart').data.length") == 0)
-    print("unticking the run removed its line")
+    choose(driver, "smoothing", "0.9")
+    wait.until(lambda d: d.execute_script(TRACES) == 4)
+    differs = driver.execute_script(
+        "const d = document.getElementById('chart').data;"
+        "return d[1].y.some((v, i) => Math.abs(v - d[0].y[i]) > 1e-9);"
+    )
+    assert differs, "the smoothed line equals the raw one"
+    print("smoothing draws a smoothed line over each faint raw one")
+    choose(driver, "smoothing", "0")
+
+    choose(driver, "group", "train.optimizer.learning_rate")
+    wait.until(lambda d: d.execute_script(MEANS) == 2)
+    print("grouping by train.optimizer.learning_rate draws one mean line (and band) per group")
+    choose(driver, "group", "")
+
+    wait.until(lambda d: d.execute_script(TRACES) == 2)
+    # The table is redrawn every 2 s: find and click the box in one step (no stale element).
+    driver.execute_script(
+        "document.querySelector(`#runs tr[data-run=\"${arguments[0]}\"] input.show`).click();",
+        live,
+    )
+    wait.until(lambda d: d.execute_script(TRACES) == 1)
+    print("unticking a run removed its line")
 finally:
     driver.quit()

@@ -182,8 +182,8 @@ fn flatten(toml_text: &str) -> BTreeMap<String, String> {
         }
     }
     let mut out = BTreeMap::new();
-    if let Ok(value) = toml_text.parse::<toml::Value>() {
-        walk("", &value, &mut out);
+    if let Ok(table) = toml::from_str::<toml::Table>(toml_text) {
+        walk("", &toml::Value::Table(table), &mut out);
     }
     out
 }
