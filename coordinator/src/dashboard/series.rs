@@ -12,31 +12,36 @@ pub struct Metric {
     sql: &'static str,
 }
 
-/// One column of rank `?2`'s step metrics.
-macro_rules! step_metric {
-    ($name:literal, $column:literal) => {
+/// One column of a table whose rows carry their step and the time they were recorded: the
+/// step metrics (`rows` picks rank `?2`) or the evaluations (`rows` ignores `?2`).
+macro_rules! recorded_metric {
+    ($name:literal, $table:literal, $column:literal, $rows:literal) => {
         Metric {
             name: $name,
             sql: concat!(
                 "SELECT step, recorded_at - (SELECT created_at FROM runs WHERE id = ?1), ",
                 $column,
-                " FROM metrics WHERE run_id = ?1 AND rank = ?2 ORDER BY step"
+                " FROM ",
+                $table,
+                " WHERE run_id = ?1 AND ",
+                $rows,
+                " ORDER BY step"
             ),
         }
+    };
+}
+
+/// One column of rank `?2`'s step metrics.
+macro_rules! step_metric {
+    ($name:literal, $column:literal) => {
+        recorded_metric!($name, "metrics", $column, "rank = ?2")
     };
 }
 
 /// One column of the run's evaluations.
 macro_rules! evaluation_metric {
     ($name:literal, $column:literal) => {
-        Metric {
-            name: $name,
-            sql: concat!(
-                "SELECT step, recorded_at - (SELECT created_at FROM runs WHERE id = ?1), ",
-                $column,
-                " FROM evaluations WHERE run_id = ?1 AND ?2 >= 0 ORDER BY step"
-            ),
-        }
+        recorded_metric!($name, "evaluations", $column, "?2 >= 0")
     };
 }
 
