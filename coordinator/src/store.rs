@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS workers (
     ring_addr TEXT NOT NULL,
     pid INTEGER NOT NULL,
     joined_at REAL NOT NULL,
+    heartbeat_at REAL,
     PRIMARY KEY (run_id, rank)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     skipped INTEGER NOT NULL,
     recorded_at REAL NOT NULL,
     bad_images INTEGER NOT NULL DEFAULT 0,
+    allreduce_bytes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, rank, step)
 );
 CREATE TABLE IF NOT EXISTS probes (
@@ -205,8 +207,10 @@ pub struct Store {
 }
 
 /// Columns added after a table was first released: (table, column, definition).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("metrics", "bad_images", "INTEGER NOT NULL DEFAULT 0"),
+    ("metrics", "allreduce_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("workers", "heartbeat_at", "REAL"),
     ("evaluations", "protocol", "TEXT NOT NULL DEFAULT '1-crop'"),
     ("evaluations", "weights", "TEXT NOT NULL DEFAULT ''"),
 ];
@@ -269,10 +273,27 @@ impl Store {
 
     pub fn record_worker(&self, run_id: &str, rank: u32, join: &JoinRequest) -> anyhow::Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO workers (run_id, rank, worker_id, hostname, ring_addr, pid, joined_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![run_id, rank, join.worker_id, join.hostname, join.ring_addr, join.pid, now()],
+            "INSERT OR REPLACE INTO workers (run_id, rank, worker_id, hostname, ring_addr, pid,
+             joined_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+            params![
+                run_id,
+                rank,
+                join.worker_id,
+                join.hostname,
+                join.ring_addr,
+                join.pid,
+                now()
+            ],
         )?;
+        Ok(())
+    }
+
+    /// Notes when rank `rank` of `run_id` was last heard from, for the dashboard's heartbeat
+    /// ages.
+    pub fn record_heartbeat(&self, run_id: &str, rank: u32) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE workers SET heartbeat_at = ?3 WHERE run_id = ?1 AND rank = ?2")?
+            .execute(params![run_id, rank, now()])?;
         Ok(())
     }
 
@@ -288,8 +309,8 @@ impl Store {
             let mut insert = tx.prepare_cached(
                 "INSERT OR REPLACE INTO metrics (run_id, rank, step, epoch, loss, learning_rate,
                  images_per_sec, data_seconds, compute_seconds, allreduce_seconds, grad_norm,
-                 skipped, recorded_at, bad_images)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 skipped, recorded_at, bad_images, allreduce_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             let mut probe = tx.prepare_cached(
                 "INSERT OR REPLACE INTO probes (run_id, step, dead_fraction, residual_ratio_a,
@@ -322,7 +343,8 @@ impl Store {
                     m.grad_norm,
                     m.skipped,
                     at,
-                    m.bad_images
+                    m.bad_images,
+                    m.allreduce_bytes as i64
                 ])?;
             }
         }

@@ -13,10 +13,10 @@ use incept_common::data::DataPosition;
 use incept_common::device::{self, ComputeDevice};
 use incept_common::model::{import, registry};
 use incept_common::proto::{
-    Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics,
+    Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics, TraceSpan,
 };
 use incept_common::train::checkpoint;
-use incept_common::train::{Evaluation, Replica, StepStats};
+use incept_common::train::{Evaluation, Lane, Replica, Span, StepStats};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::communicator;
@@ -186,18 +186,35 @@ fn train<B: TrainBackend>(
                 residual_ratios: probe.residual_ratios,
             });
         }
-        // The coordinator going away only loses metrics; training continues.
-        let _ = reports.send(Report::Step(metrics));
-        progress.step.store(step + 1, Ordering::Relaxed);
         let done = step + 1;
         let every = exp.train.check_replicas_every;
         if every > 0 && done.is_multiple_of(every) {
             replica.check_consistency(done)?;
         }
         let asked = checkpoints.enabled && progress.checkpoint_now.swap(false, Ordering::Relaxed);
-        if asked || checkpoints.due(done, total) {
-            let _ = reports.send(Report::Checkpoint(checkpoints.write(&replica, done)?));
+        let checkpoint = if asked || checkpoints.due(done, total) {
+            let started = Instant::now();
+            let report = checkpoints.write(&replica, done)?;
+            replica
+                .timeline()
+                .record_until_now(done, Lane::Training, "checkpoint", started);
+            Some(report)
+        } else {
+            None
+        };
+        metrics.trace = replica
+            .timeline()
+            .take()
+            .into_iter()
+            .map(to_trace_span)
+            .collect();
+        // The coordinator going away only loses metrics; training continues. The step's
+        // metrics go before its checkpoint, which may end a stopping run.
+        let _ = reports.send(Report::Step(metrics));
+        if let Some(report) = checkpoint {
+            let _ = reports.send(Report::Checkpoint(report));
         }
+        progress.step.store(done, Ordering::Relaxed);
         if exp.train.eval_every > 0 && done.is_multiple_of(exp.train.eval_every) && done < total {
             let eval = replica.evaluate()?;
             tracing::info!(
@@ -306,5 +323,17 @@ fn to_metrics(stats: &StepStats) -> StepMetrics {
         skipped: stats.skipped,
         probe: None,
         bad_images: stats.bad_images as u32,
+        allreduce_bytes: stats.allreduce_bytes,
+        trace: Vec::new(),
+    }
+}
+
+fn to_trace_span(span: Span) -> TraceSpan {
+    TraceSpan {
+        name: span.name,
+        step: span.step,
+        lane: span.lane as u32,
+        start_us: span.start_us,
+        duration_us: span.duration_us,
     }
 }

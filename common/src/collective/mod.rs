@@ -19,6 +19,7 @@ pub mod device;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod ring;
+pub mod traced;
 pub mod wire;
 
 use std::io;
@@ -29,6 +30,7 @@ use abort::Health;
 pub use bucket::GradientBuckets;
 pub use device::{CpuBackend, HostBuffer, TrainBackend, TrainDevice};
 pub use ring::Ring;
+pub use traced::Traced;
 pub use wire::WireFormat;
 
 /// Bytes of an NCCL unique id (`ncclUniqueId`), as the coordinator checks and hands it out.

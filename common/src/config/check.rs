@@ -116,6 +116,16 @@ impl Experiment {
         check.fraction("train.ema_decay", t.ema_decay);
         check.at_least("train.max_nonfinite_steps", t.max_nonfinite_steps, 1);
         check.fraction("train.label_smoothing", t.label_smoothing);
+        check.fraction("train.dead_alert", t.dead_alert);
+        check.at_least("train.dead_alert_window", t.dead_alert_window, 1);
+        if let Some([from, to]) = t.trace_steps {
+            check.require(
+                from >= 1 && from <= to,
+                "train.trace_steps",
+                format!("{:?}", [from, to]),
+                "must be [from, to] with 1 ≤ from ≤ to (steps are numbered from 1)",
+            );
+        }
         // A run with no step to train (an evaluation) needs no training batch.
         let trains = t.max_steps != Some(0);
         if trains && t.batch_size >= 1 && t.accumulate >= 1 && c.world_size >= 1 {

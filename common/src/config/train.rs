@@ -159,6 +159,15 @@ pub struct TrainSection {
     /// Dead-unit probe every this many steps (0 = off): zero fraction of the final feature
     /// map and per-stage residual/shortcut norm ratios on a fixed validation batch.
     pub probe_every: u64,
+    /// A "dying" event is raised when the probe's dead-unit fraction is above this for
+    /// `dead_alert_window` probes in a row (the paper's symptom, flagged while the run goes on).
+    pub dead_alert: f64,
+    /// Consecutive probes above `dead_alert` that raise the "dying" event.
+    pub dead_alert_window: u32,
+    /// Steps `[from, to]` (1-based, inclusive) whose phases every rank records for the
+    /// run's timeline (`runs/<id>/trace.json`, Chrome trace format); unset, none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_steps: Option<[u64; 2]>,
     /// Replicas compare parameter checksums every this many steps (0 = never); a mismatch
     /// stops the run naming the step.
     pub check_replicas_every: u64,
@@ -187,6 +196,9 @@ impl Default for TrainSection {
             evaluate_average: true,
             eval_every: 0,
             probe_every: 0,
+            dead_alert: 0.9,
+            dead_alert_window: 3,
+            trace_steps: None,
             check_replicas_every: 100,
             max_nonfinite_steps: 5,
             log_every: 10,

@@ -10,7 +10,9 @@ pub mod quality;
 pub mod reference;
 pub mod replica;
 pub mod schedule;
+pub mod timeline;
 
 pub use optim::Optimizer;
 pub use replica::{Evaluation, Replica, StepStats};
 pub use schedule::LrSchedule;
+pub use timeline::{Lane, Span, Timeline};

@@ -27,9 +27,11 @@ use super::ema::WeightAverage;
 use super::optim::{Optimizer, UpdateRule, to_host};
 use super::quality::DataQuality;
 use super::schedule::LrSchedule;
+use super::timeline::{Lane, Timeline};
 use crate::CRC32C;
 use crate::collective::{
-    Collective, GradientBuckets, HostBuffer, ReduceOp, TrainBackend, TrainDevice, WireFormat,
+    Collective, GradientBuckets, HostBuffer, ReduceOp, Traced, TrainBackend, TrainDevice,
+    WireFormat,
 };
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
@@ -63,6 +65,9 @@ pub struct StepStats {
     pub compute: Duration,
     /// Packing the last micro-batch's gradients and all-reducing the buckets (overlapped).
     pub allreduce: Duration,
+    /// Bytes this rank handed to the collective (gradient buckets in their wire format, and
+    /// the loss): the payload, not what the ring sends, which is about `2 (W - 1) / W` of it.
+    pub allreduce_bytes: u64,
 }
 
 /// Validation result summed over all ranks.
@@ -104,7 +109,9 @@ pub struct Replica<B: TrainBackend> {
     evaluate_average: bool,
     /// Validation images this rank has evaluated in its current (or last) evaluation.
     evaluated: Arc<AtomicU64>,
-    collective: Box<dyn Collective>,
+    collective: Traced,
+    /// The phases of the steps `train.trace_steps` names.
+    timeline: Timeline,
     buckets: GradientBuckets,
     loss: CrossEntropyLoss<B>,
     schedule: LrSchedule,
@@ -181,7 +188,8 @@ impl<B: TrainBackend> Replica<B> {
             params,
             spare_grads: None,
             model,
-            collective,
+            collective: Traced::new(collective),
+            timeline: Timeline::new(train.trace_steps),
             buckets: GradientBuckets::new(exp.cluster.bucket_bytes(), exp.cluster.gradient_wire),
             loss: CrossEntropyLossConfig::new()
                 .with_smoothing(smoothing)
@@ -323,6 +331,7 @@ impl<B: TrainBackend> Replica<B> {
         let mut images = 0;
         let mut bad_samples = Vec::new();
         let mut loader = self.take_loader(step);
+        let traced = step + 1;
         for _ in 0..self.accumulate {
             let started = Instant::now();
             let batch = loader
@@ -335,6 +344,8 @@ impl<B: TrainBackend> Replica<B> {
             }
             bad_samples.extend_from_slice(&batch.bad_samples);
             data += started.elapsed();
+            self.timeline
+                .record_until_now(traced, Lane::Training, "data wait", started);
             if batch.is_empty() {
                 continue;
             }
@@ -348,6 +359,9 @@ impl<B: TrainBackend> Replica<B> {
                 loss = loss.add(aux_loss.mul_scalar(self.aux_loss_weight));
             }
             loss_sum += loss.clone().into_scalar().elem::<f32>();
+            self.timeline
+                .record_until_now(traced, Lane::Training, "forward", started);
+            let backward_started = Instant::now();
             let mut backward = loss.backward();
             grads_sum = Some(match (grads_sum, self.spare_grads.take()) {
                 (Some(sum), _) => sum.add(params::flat_grads(&self.model, &mut backward)),
@@ -359,6 +373,8 @@ impl<B: TrainBackend> Replica<B> {
                 (None, None) => params::flat_grads(&self.model, &mut backward),
             });
             compute += started.elapsed();
+            self.timeline
+                .record_until_now(traced, Lane::Training, "backward", backward_started);
         }
         self.loader = Some((step + 1, loader));
         self.quality.record(step + 1, images, &bad_samples)?;
@@ -366,15 +382,23 @@ impl<B: TrainBackend> Replica<B> {
             grads_sum.unwrap_or_else(|| Tensor::zeros(self.params.shape(), &self.device));
 
         let started = Instant::now();
+        if self.timeline.traces(traced) {
+            self.collective.record();
+        }
         let grads = self
             .buckets
-            .all_reduce_mean_tensor(&mut *self.collective, grads_sum)
+            .all_reduce_mean_tensor(&mut self.collective, grads_sum)
             .with_context(|| format!("all-reduce of step {step}"))?;
         let mut loss = [loss_sum];
         self.collective
             .all_reduce(&mut loss, ReduceOp::Mean, WireFormat::F32)
             .with_context(|| format!("all-reduce of the loss of step {step}"))?;
         let allreduce = started.elapsed();
+        self.timeline
+            .record_until_now(traced, Lane::Training, "all-reduce", started);
+        self.trace_all_reduces(traced);
+        let wire_bytes = self.buckets.wire().bytes_per_value() * self.params.dims()[0];
+        let allreduce_bytes = (wire_bytes + size_of::<f32>()) as u64;
 
         let started = Instant::now();
         let scale = 1.0 / self.accumulate as f32;
@@ -413,6 +437,8 @@ impl<B: TrainBackend> Replica<B> {
             self.spare_grads = Some(grads);
         }
         compute += started.elapsed();
+        self.timeline
+            .record_until_now(traced, Lane::Training, "optimizer", started);
 
         Ok(StepStats {
             step,
@@ -426,7 +452,33 @@ impl<B: TrainBackend> Replica<B> {
             data,
             compute,
             allreduce,
+            allreduce_bytes,
         })
+    }
+
+    /// Puts the all-reduces the collective recorded for step `step` on the network lane: the
+    /// gradient buckets in order, then the loss.
+    fn trace_all_reduces(&mut self, step: u64) {
+        let calls = self.collective.take_calls();
+        let count = calls.len();
+        for (k, call) in calls.into_iter().enumerate() {
+            let name = if k + 1 == count {
+                "all-reduce loss".to_string()
+            } else {
+                format!(
+                    "all-reduce bucket {k} ({:.1} MiB)",
+                    (call.values * self.buckets.wire().bytes_per_value()) as f64 / 1048576.0
+                )
+            };
+            self.timeline
+                .record(step, Lane::Network, &name, call.started, call.ended);
+        }
+    }
+
+    /// The step timeline, where the caller adds its own phases of a step (a checkpoint) and
+    /// takes the spans to report.
+    pub fn timeline(&mut self) -> &mut Timeline {
+        &mut self.timeline
     }
 
     /// The loader whose next batch is the first micro-batch of `step`: the running one, or a

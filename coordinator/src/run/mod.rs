@@ -4,11 +4,13 @@
 //! [`prepare`] turns an experiment file or a run id into a run ready to start, [`monitor`]
 //! follows its events and workers, and [`report`] records and prints how it ended.
 
+mod dying;
 mod evaluate;
 mod monitor;
 mod prepare;
 mod report;
 mod signals;
+mod trace;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,8 @@ use self::prepare::{
 };
 use self::report::report;
 use self::signals::Signals;
+pub use self::trace::TRACE_FILE;
+use self::trace::TraceFile;
 
 /// Name of the run database inside the state directory.
 pub const DATABASE: &str = "incept.db";
@@ -137,12 +141,15 @@ pub async fn launch(
         worker_bin: worker_bin.as_ref(),
         evaluation: evaluation.is_some(),
     };
-    let mut tensorboard = match EventWriter::create(&run_dir) {
-        Ok(events) => Some(events),
-        Err(err) => {
-            eprintln!("warning: no TensorBoard events for this run: {err}");
-            None
-        }
+    let mut files = RunFiles {
+        tensorboard: match EventWriter::create(&run_dir) {
+            Ok(events) => Some(events),
+            Err(err) => {
+                eprintln!("warning: no TensorBoard events for this run: {err}");
+                None
+            }
+        },
+        trace: TraceFile::new(&run_dir, exp.train.trace_steps),
     };
     if !exp.cluster.dashboard_bind.is_empty() {
         let url = dashboard::start(state_dir, &exp.cluster.dashboard_bind)
@@ -156,12 +163,7 @@ pub async fn launch(
     let mut causes = Vec::new();
     let (outcome, final_loss) = loop {
         let (outcome, final_loss) = generation
-            .run(
-                &mut store,
-                resume_from.as_ref(),
-                &mut signals,
-                tensorboard.as_mut(),
-            )
+            .run(&mut store, resume_from.as_ref(), &mut signals, &mut files)
             .await?;
         match outcome {
             // External workers are restarted by whoever started them; local ones are ours.
@@ -227,6 +229,13 @@ struct Generation<'a> {
     evaluation: bool,
 }
 
+/// What a run writes beside its database, kept across its generations; a file that cannot be
+/// written is given up with a warning (the database keeps everything).
+pub(super) struct RunFiles {
+    tensorboard: Option<EventWriter>,
+    trace: Option<TraceFile>,
+}
+
 impl Generation<'_> {
     /// Serves the gRPC API, starts (or waits for) the workers, follows them from `resume_from`
     /// to the outcome, and stops them; returns the outcome and the last training loss.
@@ -235,7 +244,7 @@ impl Generation<'_> {
         store: &mut Store,
         resume_from: Option<&Resume>,
         signals: &mut Signals,
-        tensorboard: Option<&mut EventWriter>,
+        files: &mut RunFiles,
     ) -> anyhow::Result<(Outcome, f64)> {
         let exp = self.exp;
         let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
@@ -319,14 +328,7 @@ impl Generation<'_> {
             }
         };
 
-        let mut monitor = Monitor::new(
-            exp,
-            &ctx,
-            store,
-            workers.as_mut(),
-            self.evaluation,
-            tensorboard,
-        );
+        let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut(), self.evaluation, files);
         let outcome = monitor.follow(events_rx, signals).await;
         let final_loss = monitor.last_loss;
         drop(monitor);

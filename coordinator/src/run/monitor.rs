@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use incept_common::config::Experiment;
-use incept_common::proto::WorkerResult;
+use incept_common::proto::{StepMetrics, WorkerResult};
 use incept_common::train::checkpoint;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -17,8 +17,9 @@ use crate::service::{Event, RunContext};
 use crate::store::{LEASE_RENEW_S, Protocol, Store, rates};
 use crate::tensorboard::EventWriter;
 
-use super::Outcome;
+use super::dying::DyingAlert;
 use super::signals::{Signal, Signals};
+use super::{Outcome, RunFiles};
 
 /// Follows a run's events and the health of its workers.
 pub(super) struct Monitor<'a> {
@@ -52,8 +53,12 @@ pub(super) struct Monitor<'a> {
     /// For an evaluation run: the validation images each rank has evaluated, which the
     /// progress bar counts instead of steps.
     evaluated: Option<Vec<u64>>,
-    /// The run's TensorBoard events; `None` once writing them failed (the run goes on).
-    tensorboard: Option<&'a mut EventWriter>,
+    /// The run's TensorBoard events and timeline.
+    files: &'a mut RunFiles,
+    /// Rank 0's dead-unit probes, watched for the "dying" alert.
+    dying: DyingAlert,
+    /// When each rank's heartbeat was last written to the database.
+    heartbeat_written: Vec<Option<Instant>>,
     /// `cluster.stop_checkpoint_s`: how long a signalled run waits for rank 0's checkpoint.
     stop_checkpoint: Duration,
     /// A signal came: the run stops once rank 0's checkpoint is in, or at the deadline.
@@ -67,7 +72,7 @@ impl<'a> Monitor<'a> {
         store: &'a mut Store,
         workers: Option<&'a mut LocalWorkers>,
         evaluation: bool,
-        tensorboard: Option<&'a mut EventWriter>,
+        files: &'a mut RunFiles,
     ) -> Self {
         let world = exp.cluster.world_size;
         let progress = if evaluation {
@@ -95,7 +100,9 @@ impl<'a> Monitor<'a> {
             lease_renewed: Instant::now(),
             protocol: Protocol::of(exp),
             evaluated: evaluation.then(|| vec![0; world]),
-            tensorboard,
+            files,
+            dying: DyingAlert::new(exp.train.dead_alert, exp.train.dead_alert_window),
+            heartbeat_written: vec![None; world],
             stop_checkpoint: Duration::from_secs(exp.cluster.stop_checkpoint_s),
             draining: None,
         }
@@ -165,6 +172,7 @@ impl<'a> Monitor<'a> {
             }
             Event::Heartbeat { rank, evaluated } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
+                self.write_heartbeat(rank)?;
                 if let Some(counts) = &mut self.evaluated {
                     counts[rank as usize] = evaluated;
                     self.progress.advance(counts.iter().sum(), String::new());
@@ -204,10 +212,15 @@ impl<'a> Monitor<'a> {
                         100.0 * probe.dead_fraction,
                         ratios.join(", ")
                     ));
+                    if let Some(alert) = self.dying.observe(step, probe.dead_fraction) {
+                        self.progress.println(&format!("warning: {alert}"));
+                        self.store.event(run_id, "warn", &alert)?;
+                    }
                 }
                 if rank == 0 {
                     self.write_events(|events| events.steps(&steps));
                 }
+                self.write_trace(rank, &steps);
                 if let Some(last) = steps.iter().filter(|_| rank == 0).max_by_key(|m| m.step) {
                     self.last_loss = last.loss;
                     self.progress
@@ -263,7 +276,7 @@ impl<'a> Monitor<'a> {
     /// Writes to the TensorBoard events; a failure is a warning and ends the events, not the
     /// run (the run database keeps everything).
     fn write_events(&mut self, write: impl FnOnce(&mut EventWriter) -> std::io::Result<()>) {
-        let Some(events) = self.tensorboard.as_deref_mut() else {
+        let Some(events) = self.files.tensorboard.as_mut() else {
             return;
         };
         if let Err(err) = write(events) {
@@ -271,8 +284,40 @@ impl<'a> Monitor<'a> {
                 "warning: writing {} failed ({err}); no more TensorBoard events for this run",
                 events.path().display()
             ));
-            self.tensorboard = None;
+            self.files.tensorboard = None;
         }
+    }
+
+    /// Adds a report's spans to the timeline; a failure is a warning and ends the timeline.
+    fn write_trace(&mut self, rank: u32, steps: &[StepMetrics]) {
+        let Some(trace) = self.files.trace.as_mut() else {
+            return;
+        };
+        match trace.add(rank, steps, self.ctx.total_steps) {
+            Ok(true) => self.progress.println(&format!(
+                "timeline of the traced steps (train.trace_steps) in {}: open it in Perfetto \
+                 (ui.perfetto.dev) or chrome://tracing",
+                trace.path().display()
+            )),
+            Ok(false) => {}
+            Err(err) => {
+                self.progress.println(&format!(
+                    "warning: writing {} failed ({err}); no timeline for this run",
+                    trace.path().display()
+                ));
+                self.files.trace = None;
+            }
+        }
+    }
+
+    /// Notes in the database that `rank` was heard from, at most once a second per rank.
+    fn write_heartbeat(&mut self, rank: u32) -> anyhow::Result<()> {
+        let written = &mut self.heartbeat_written[rank as usize];
+        if written.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *written = Some(Instant::now());
+            self.store.record_heartbeat(&self.ctx.run_id, rank)?;
+        }
+        Ok(())
     }
 
     /// Verifies a checkpoint rank 0 wrote, commits it, and prunes beyond `checkpoint.keep`.
