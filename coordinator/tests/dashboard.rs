@@ -72,10 +72,13 @@ impl Drop for Served {
     }
 }
 
-/// Runs TINY to the end in `fx`; returns the run id.
-fn finished_run(fx: &Fixture) -> String {
+/// Runs TINY to the end in `fx` with `settings` (`--set` values); returns the run id.
+fn finished_run(fx: &Fixture, settings: &[&str]) -> String {
     let mut cmd = fx.coordinator(&["launch"]);
     cmd.arg(fx.experiment());
+    for setting in settings {
+        cmd.args(["--set", setting]);
+    }
     let out = run_with_limit(cmd, Duration::from_secs(300));
     assert!(out.status.success(), "{}", text(&out.stderr));
     fx.db()
@@ -83,10 +86,16 @@ fn finished_run(fx: &Fixture) -> String {
         .unwrap()
 }
 
+/// Steps whose spans the API test's run records, and how often it checkpoints.
+const TRACED: [&str; 2] = ["train.trace_steps=[5, 8]", "checkpoint.every_steps=8"];
+
+/// The "dying" alert on any dead unit at two probes in a row (TINY probes every 16 steps).
+const ALERT_ON_ANY_DEAD_UNIT: [&str; 2] = ["train.dead_alert=0.0", "train.dead_alert_window=2"];
+
 #[test]
 fn the_api_serves_runs_series_and_events_and_names_what_is_wrong() {
     let fx = Fixture::new(TINY);
-    let run = finished_run(&fx);
+    let run = finished_run(&fx, &[TRACED, ALERT_ON_ANY_DEAD_UNIT].concat());
     let served = Served::start(&fx);
 
     let (status, runs) = served.json("/api/runs");
@@ -127,6 +136,17 @@ fn the_api_serves_runs_series_and_events_and_names_what_is_wrong() {
     let max = values.iter().copied().fold(f64::MIN, f64::max);
     let min = values.iter().copied().fold(f64::MAX, f64::min);
     assert!(kept.contains(&max) && kept.contains(&min), "{kept:?}");
+    // TINY has 24 steps per epoch: the x axis by epoch.
+    let epochs: Vec<f64> = loss["epoch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(epochs[0], 1.0 / 24.0);
+    assert_eq!(epochs[47], 2.0);
+    let (_, all) = served.json(&format!("/api/runs/{run}/series?metric=loss&points=all"));
+    assert_eq!(all["value"].as_array().unwrap().len(), 48);
     let (status, csv) = served.get(&format!("/api/runs/{run}/series?metric=loss&format=csv"));
     assert_eq!(status, 200);
     assert_eq!(csv.lines().count(), 49, "a header and every step");
@@ -144,7 +164,15 @@ fn the_api_serves_runs_series_and_events_and_names_what_is_wrong() {
     assert_eq!(rank1["total_points"], 48);
     let (status, events) = served.json(&format!("/api/runs/{run}/events"));
     assert_eq!(status, 200);
-    assert!(events["events"].as_array().is_some());
+    let messages: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_dying_alert_follows_the_probes(&fx, &messages);
+    assert_ranks_split_step_time(&served, &run);
+    assert_timeline_holds_the_traced_steps(&served, &run);
 
     // Errors: 404 naming the run, 400 naming the parameter.
     let (status, body) = served.json("/api/runs/no-such-run/series");
@@ -171,6 +199,18 @@ fn the_api_serves_runs_series_and_events_and_names_what_is_wrong() {
             "{query}: {message}"
         );
     }
+    for (query, parameter) in [("last=0", "last"), ("rank=1", "rank")] {
+        let (status, body) = served.json(&format!("/api/runs/{run}/ranks?{query}"));
+        assert_eq!(status, 400, "{query}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{parameter}`"))
+        );
+    }
+    assert_eq!(served.json("/api/runs/no-such-run/ranks").0, 404);
+    assert_eq!(served.json("/api/runs/no-such-run/trace.json").0, 404);
     assert_eq!(served.json("/api/runs?name=(").0, 400);
     assert_eq!(served.json("/api/runs?status=done").0, 400);
 
@@ -183,10 +223,111 @@ fn the_api_serves_runs_series_and_events_and_names_what_is_wrong() {
     assert!(plotly.contains("plotly.js v") && plotly.len() > 1_000_000);
 }
 
+/// The probes went above the threshold (0) at two probes in a row exactly when the run
+/// recorded its one "dying" event.
+fn assert_dying_alert_follows_the_probes(fx: &Fixture, messages: &[&str]) {
+    let fractions: Vec<(i64, f64)> = fx
+        .db()
+        .prepare("SELECT step, dead_fraction FROM probes ORDER BY step")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(fractions.len(), 3, "{fractions:?}");
+    let expected = fractions
+        .windows(2)
+        .find(|w| w[0].1 > 0.0 && w[1].1 > 0.0)
+        .map(|w| w[1].0);
+    let alerts: Vec<&&str> = messages
+        .iter()
+        .filter(|m| m.starts_with("dying:"))
+        .collect();
+    match expected {
+        Some(step) => {
+            assert_eq!(alerts.len(), 1, "{messages:?}");
+            assert!(alerts[0].contains(&format!("at step {step}")), "{alerts:?}");
+        }
+        None => assert!(alerts.is_empty(), "{fractions:?} {alerts:?}"),
+    }
+}
+
+/// Both ranks' step time, split, over the steps asked for; no heartbeat age once finished.
+fn assert_ranks_split_step_time(served: &Served, run: &str) {
+    let (status, ranks) = served.json(&format!("/api/runs/{run}/ranks?last=10"));
+    assert_eq!(status, 200, "{ranks}");
+    let ranks = ranks["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    for (rank, row) in ranks.iter().enumerate() {
+        assert_eq!(row["rank"], rank);
+        assert_eq!(row["steps"], 10);
+        let p50 = |key: &str| row[key]["p50"].as_f64().unwrap();
+        assert!(
+            p50("compute_s") > 0.0 && p50("step_s") >= p50("compute_s"),
+            "{row}"
+        );
+        assert!(row["allreduce_s"]["p90"].as_f64().unwrap() >= p50("allreduce_s"));
+        assert!(row["heartbeat_age_s"].is_null(), "{row}");
+    }
+}
+
+/// trace.json (Chrome trace format) holds each rank's phases of steps 5 to 8 and no other, the
+/// all-reduces on their own lane, and rank 0's checkpoint of step 8.
+fn assert_timeline_holds_the_traced_steps(served: &Served, run: &str) {
+    let (_, runs) = served.json("/api/runs");
+    assert_eq!(runs["runs"][0]["has_trace"], true);
+    let (status, trace) = served.json(&format!("/api/runs/{run}/trace.json"));
+    assert_eq!(status, 200);
+    let spans: Vec<&serde_json::Value> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    let has = |pid: u64, name: &str, step: u64| {
+        spans.iter().any(|s| {
+            s["pid"] == pid && s["args"]["step"] == step && s["name"].as_str().unwrap() == name
+        })
+    };
+    for pid in [0, 1] {
+        for step in 5..=8 {
+            for phase in [
+                "data wait",
+                "forward",
+                "backward",
+                "all-reduce",
+                "optimizer",
+            ] {
+                assert!(has(pid, phase, step), "rank {pid} step {step} {phase}");
+            }
+            assert!(spans.iter().any(|s| {
+                s["pid"] == pid
+                    && s["tid"] == 1
+                    && s["args"]["step"] == step
+                    && s["name"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("all-reduce bucket 0 ")
+            }));
+        }
+    }
+    assert!(has(0, "checkpoint", 8) && !has(1, "checkpoint", 8));
+    assert!(
+        spans
+            .iter()
+            .all(|s| (5..=8).contains(&s["args"]["step"].as_u64().unwrap()))
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["dur"].as_u64().is_some() && s["ts"].as_u64().is_some())
+    );
+}
+
 #[test]
 fn prometheus_parses_the_metrics() {
     let fx = Fixture::new(TINY);
-    let run = finished_run(&fx);
+    let run = finished_run(&fx, &[]);
     let served = Served::start(&fx);
     let (status, exposition) = served.get("/metrics");
     assert_eq!(status, 200);
@@ -229,6 +370,22 @@ fn prometheus_parses_the_metrics() {
         samples.contains(&format!("counter incept_run_skipped_steps_total {run} 0.0")),
         "{samples}"
     );
+    // Every step of both ranks handed the same bytes to the all-reduces: the gradient and loss.
+    let per_step: Vec<i64> = fx
+        .db()
+        .prepare("SELECT DISTINCT allreduce_bytes FROM metrics")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(per_step.len() == 1 && per_step[0] > 4, "{per_step:?}");
+    let total = format!(
+        "counter incept_run_allreduce_bytes_total {run} {}.0",
+        96 * per_step[0]
+    );
+    assert!(samples.contains(&total), "{total}\n{samples}");
+    assert!(exposition.contains("# TYPE incept_worker_heartbeat_age_seconds gauge"));
 }
 
 #[test]

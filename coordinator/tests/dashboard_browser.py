@@ -2,7 +2,10 @@
 finished run and one that trains: the runs table lists both, the loss chart gains points without
 a reload, a screenshot is saved, smoothing draws smoothed lines over the raw ones, grouping by
 the learning rate (the runs differ in it) draws one mean line per group, and unticking a run
-removes its line.
+removes its line. Then, over the finished run: x by epoch gives fractional epochs below the
+steps, "ignore outliers" fixes the y range (and unticking it autoranges again), the step time
+by rank chart stacks data, compute and all-reduce with one bar per worker; ticking the training
+run back, each run has a full-resolution JSON download beside its CSV one.
 
     python3 dashboard_browser.py URL SCREENSHOT.png
 
@@ -39,6 +42,50 @@ POINTS = """
 """
 TRACES = "return (document.getElementById('chart').data || []).length"
 MEANS = "return (document.getElementById('chart').data || []).filter(t => t.meta === 'mean').length"
+# The first trace's x values and the x axis' title, read together (one drawing).
+FIRST_X = """
+    const chart = document.getElementById('chart');
+    const title = chart.layout.xaxis.title;
+    return [title && (title.text || title), Array.from(chart.data[0].x)];
+"""
+Y_AXIS = """
+    const chart = document.getElementById('chart'), y = chart.layout.yaxis;
+    return [y.autorange, y.range ? Array.from(y.range) : null,
+            chart.data.flatMap(t => Array.from(t.y)).filter(v => Number.isFinite(v))];
+"""
+RANKS = """
+    const ranks = document.getElementById('ranks');
+    return [(ranks.data || []).map(t => [t.name, t.orientation, t.y.length]),
+            document.getElementById('ranks-note').textContent];
+"""
+RUNS = """
+    const done = arguments[arguments.length - 1];
+    fetch('/api/runs').then(r => r.json())
+        .then(d => done(d.runs.map(r => [r.id, r.world_size])), e => done(String(e)));
+"""
+DOWNLOADS = """
+    return [...document.querySelectorAll('#downloads a')]
+        .map(a => [a.textContent, a.getAttribute('href')]);
+"""
+
+
+def tick(driver, box, on):
+    """Ticks or unticks the checkbox <input id=box> and tells the page."""
+    driver.execute_script(
+        "const e = document.getElementById(arguments[0]); e.checked = arguments[1];"
+        "e.dispatchEvent(new Event('change'));",
+        box,
+        on,
+    )
+
+
+def click_show(driver, run):
+    """Clicks the run's show box. The table is redrawn every 2 s: find and click it in one step
+    (no stale element)."""
+    driver.execute_script(
+        "document.querySelector(`#runs tr[data-run=\"${arguments[0]}\"] input.show`).click();",
+        run,
+    )
 
 
 def choose(driver, select, value):
@@ -84,12 +131,59 @@ try:
     choose(driver, "group", "")
 
     wait.until(lambda d: d.execute_script(TRACES) == 2)
-    # The table is redrawn every 2 s: find and click the box in one step (no stale element).
-    driver.execute_script(
-        "document.querySelector(`#runs tr[data-run=\"${arguments[0]}\"] input.show`).click();",
-        live,
-    )
+    click_show(driver, live)
     wait.until(lambda d: d.execute_script(TRACES) == 1)
     print("unticking a run removed its line")
+
+    # From here on the chart shows the finished run only: its points no longer change.
+    title, steps = driver.execute_script(FIRST_X)
+    assert title == "step", title
+    choose(driver, "x", "epoch")
+    wait.until(lambda d: d.execute_script(FIRST_X)[0] == "epoch", "the x axis never became epoch")
+    epochs = driver.execute_script(FIRST_X)[1]
+    assert len(epochs) == len(steps) > 0, (epochs, steps)
+    assert all(isinstance(e, (int, float)) for e in epochs), epochs
+    assert all(a <= b for a, b in zip(epochs, epochs[1:])), f"epochs decrease: {epochs}"
+    assert any(e != int(e) for e in epochs), f"no fractional epoch: {epochs}"
+    assert all(e < s if s > 0 else e <= s for e, s in zip(epochs, steps)), (epochs, steps)
+    print(f"x by epoch: {len(epochs)} fractional epochs from {epochs[0]:.3g} to {epochs[-1]:.3g}"
+          f", below the steps ({steps[0]} to {steps[-1]})")
+
+    def fixed_range(d):
+        autorange, span, _ = d.execute_script(Y_AXIS)
+        return autorange is False and span and len(span) == 2 and span[0] < span[1] and span
+
+    tick(driver, "outliers", True)
+    low, high = wait.until(fixed_range, "ignoring outliers set no y range")
+    values = driver.execute_script(Y_AXIS)[2]
+    # Percentiles lie within the values; the padding is 5 % of a span no wider than theirs.
+    pad = 0.05 * (max(values) - min(values)) + 1e-12
+    assert min(values) - pad <= low < high <= max(values) + pad, (low, high, values)
+    tick(driver, "outliers", False)
+    wait.until(lambda d: d.execute_script(Y_AXIS)[0] is True, "unticked, the y axis kept its range")
+    print(f"ignoring outliers fixed the y range to [{low:.4g}, {high:.4g}]; unticked, it autoranges")
+
+    listed = driver.execute_async_script(RUNS)
+    assert isinstance(listed, list), listed
+    first, world_size = next((run, size) for run, size in listed if run != live)
+    expected = [[name, "h", world_size] for name in ["data", "compute", "all-reduce"]]
+    wait.until(
+        lambda d: (lambda bars, note: bars == expected and first in note)(*d.execute_script(RANKS)),
+        f"no step time by rank chart of {first} with {world_size} bars per part",
+    )
+    print(f"step time by rank stacks data, compute and all-reduce for {first}'s {world_size}"
+          f" ranks: {driver.execute_script(RANKS)[1]}")
+
+    click_show(driver, live)
+    runs = [run for run, _ in listed]
+
+    def json_links(d):
+        links = dict(d.execute_script(DOWNLOADS))
+        return all(f"{run}.csv" in links and "format=json" in links.get(f"{run}.json", "")
+                   and "points=all" in links[f"{run}.json"] for run in runs) and links
+
+    links = wait.until(json_links, "a run lacks its JSON (or CSV) download")
+    print("each run has a full-resolution JSON download beside its CSV one: "
+          + ", ".join(links[f"{run}.json"] for run in runs))
 finally:
     driver.quit()

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::Dashboard;
 use super::series::{METRICS, Metric, Point, downsample};
 use crate::store::{RunStatus, now};
+use incept_common::config::Experiment;
 
 /// A request the API cannot answer, and why.
 pub(super) struct ApiError {
@@ -22,7 +23,7 @@ pub(super) struct ApiError {
 }
 
 impl ApiError {
-    fn bad_parameter(name: &str, message: impl std::fmt::Display) -> Self {
+    pub(super) fn bad_parameter(name: &str, message: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: format!("query parameter `{name}`: {message}"),
@@ -44,7 +45,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Runs `read` on a read-only connection, off the async threads.
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     dashboard: Arc<Dashboard>,
     read: impl FnOnce(&Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -57,7 +58,7 @@ async fn read<T: Send + 'static>(
 }
 
 /// The creation time of `run_id`, or a 404 naming it.
-fn run_created_at(conn: &Connection, run_id: &str) -> Result<f64, ApiError> {
+pub(super) fn run_created_at(conn: &Connection, run_id: &str) -> Result<f64, ApiError> {
     conn.query_row("SELECT created_at FROM runs WHERE id = ?1", [run_id], |r| {
         r.get(0)
     })
@@ -102,13 +103,17 @@ pub(super) async fn runs(
     {
         return Err(ApiError::bad_parameter(unknown, "unknown (name, status)"));
     }
-    read(dashboard, move |conn| {
+    read(dashboard.clone(), move |conn| {
         let mut runs = list_runs(conn).map_err(ApiError::internal)?;
         runs.retain(|run| {
             name.as_ref().is_none_or(|re| re.is_match(&run.name))
                 && status.is_none_or(|s| run.status == s.as_str())
         });
-        Ok(Json(runs_json(&runs)))
+        let traced: Vec<bool> = runs
+            .iter()
+            .map(|run| dashboard.trace_file(&run.id).is_file())
+            .collect();
+        Ok(Json(runs_json(&runs, &traced)))
     })
     .await
 }
@@ -188,8 +193,9 @@ fn flatten(toml_text: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// The runs as JSON, each with the hyperparameters in which the listed runs differ.
-fn runs_json(runs: &[RunRow]) -> Value {
+/// The runs as JSON, each with the hyperparameters in which the listed runs differ and
+/// whether it has a timeline (`traced`, in the same order).
+fn runs_json(runs: &[RunRow], traced: &[bool]) -> Value {
     let keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
     let differing: Vec<&String> = keys
         .into_iter()
@@ -202,7 +208,8 @@ fn runs_json(runs: &[RunRow]) -> Value {
     let now = now();
     let rows: Vec<Value> = runs
         .iter()
-        .map(|run| {
+        .zip(traced)
+        .map(|(run, traced)| {
             let params: BTreeMap<&String, Option<&String>> = differing
                 .iter()
                 .map(|key| (*key, run.config.get(*key)))
@@ -221,6 +228,7 @@ fn runs_json(runs: &[RunRow]) -> Value {
                 "best_top1": run.best_top1,
                 "best_top5": run.best_top5,
                 "params": params,
+                "has_trace": traced,
             })
         })
         .collect();
@@ -231,8 +239,15 @@ fn runs_json(runs: &[RunRow]) -> Value {
 struct SeriesQuery {
     metric: Metric,
     rank: u32,
-    /// `None`: CSV at full resolution.
-    buckets: Option<usize>,
+    format: Format,
+}
+
+/// How a series is answered.
+enum Format {
+    /// JSON with at most `2 × buckets` points, or every point (`None`).
+    Json(Option<usize>),
+    /// CSV at full resolution.
+    Csv,
 }
 
 /// Most points a chart asks for: a chart is never wider than this many pixels.
@@ -254,22 +269,25 @@ impl SeriesQuery {
                 .map_err(|_| ApiError::bad_parameter("rank", format!("{rank:?} is not a rank")))?,
             None => 0,
         };
-        let points = match query.get("points") {
-            Some(points) => points
-                .parse::<usize>()
-                .ok()
-                .filter(|p| (2..=MAX_POINTS).contains(p))
-                .ok_or_else(|| {
-                    ApiError::bad_parameter(
-                        "points",
-                        format!("{points:?} is not a number from 2 to {MAX_POINTS}"),
-                    )
-                })?,
-            None => 1000,
+        let points = match query.get("points").map(String::as_str) {
+            Some("all") => None,
+            Some(points) => Some(
+                points
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|p| (2..=MAX_POINTS).contains(p))
+                    .ok_or_else(|| {
+                        ApiError::bad_parameter(
+                            "points",
+                            format!("{points:?} is not `all` or a number from 2 to {MAX_POINTS}"),
+                        )
+                    })?,
+            ),
+            None => Some(1000),
         };
-        let buckets = match query.get("format").map(String::as_str) {
-            None | Some("json") => Some(points / 2),
-            Some("csv") => None,
+        let format = match query.get("format").map(String::as_str) {
+            None | Some("json") => Format::Json(points.map(|p| p / 2)),
+            Some("csv") => Format::Csv,
             Some(other) => {
                 return Err(ApiError::bad_parameter(
                     "format",
@@ -287,13 +305,14 @@ impl SeriesQuery {
         Ok(Self {
             metric,
             rank,
-            buckets,
+            format,
         })
     }
 }
 
-/// `GET /api/runs/{id}/series?metric=M&rank=R&points=N&format=json|csv`: JSON downsampled to
-/// at most `points` points (default 1000), or CSV at full resolution.
+/// `GET /api/runs/{id}/series?metric=M&rank=R&points=N|all&format=json|csv`: JSON downsampled
+/// to at most `points` points (default 1000; `all`: none left out), or CSV at full resolution.
+/// JSON gives each point's step, fractional epoch, and seconds since the run started.
 pub(super) async fn series(
     State(dashboard): State<Arc<Dashboard>>,
     Path(run_id): Path<String>,
@@ -306,11 +325,14 @@ pub(super) async fn series(
             .metric
             .read(conn, &run_id, query.rank)
             .map_err(ApiError::internal)?;
-        Ok(match query.buckets {
-            Some(buckets) => {
-                Json(series_json(&run_id, query.metric, &points, buckets)).into_response()
+        Ok(match query.format {
+            Format::Json(buckets) => {
+                let kept = buckets.map_or_else(|| points.clone(), |b| downsample(&points, b));
+                let steps_per_epoch = steps_per_epoch(conn, &run_id)?;
+                let json = series_json(&run_id, query.metric, &kept, points.len());
+                Json(with_epochs(json, &kept, steps_per_epoch)).into_response()
             }
-            None => (
+            Format::Csv => (
                 [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
                 series_csv(query.metric, &points),
             )
@@ -320,14 +342,37 @@ pub(super) async fn series(
     .await
 }
 
-fn series_json(run_id: &str, metric: Metric, points: &[Point], buckets: usize) -> Value {
-    let kept = downsample(points, buckets);
+/// The optimizer steps per epoch of `run_id`, from its resolved experiment (`None` when that
+/// does not parse, e.g. a database of a later version).
+fn steps_per_epoch(conn: &Connection, run_id: &str) -> Result<Option<u64>, ApiError> {
+    let config: String = conn
+        .query_row("SELECT config FROM runs WHERE id = ?1", [run_id], |r| {
+            r.get(0)
+        })
+        .map_err(ApiError::internal)?;
+    Ok(Experiment::from_toml(&config)
+        .ok()
+        .map(|exp| exp.steps_per_epoch())
+        .filter(|&steps| steps > 0))
+}
+
+/// Adds each point's fractional epoch (`null` when the epoch length is unknown).
+fn with_epochs(mut json: Value, kept: &[Point], steps_per_epoch: Option<u64>) -> Value {
+    let epochs: Vec<Option<f64>> = kept
+        .iter()
+        .map(|p| steps_per_epoch.map(|n| p.step as f64 / n as f64))
+        .collect();
+    json["epoch"] = json!(epochs);
+    json
+}
+
+fn series_json(run_id: &str, metric: Metric, kept: &[Point], total_points: usize) -> Value {
     // JSON has no NaN or infinity: a non-finite value (a skipped step's loss) is null.
     let finite = |v: f64| v.is_finite().then_some(v);
     json!({
         "run": run_id,
         "metric": metric.name,
-        "total_points": points.len(),
+        "total_points": total_points,
         "step": kept.iter().map(|p| p.step).collect::<Vec<_>>(),
         "seconds": kept.iter().map(|p| finite(p.seconds)).collect::<Vec<_>>(),
         "value": kept.iter().map(|p| finite(p.value)).collect::<Vec<_>>(),
@@ -362,6 +407,28 @@ pub(super) async fn events(
             .and_then(Iterator::collect)
             .map_err(ApiError::internal)?;
         Ok(Json(json!({ "run": run_id, "events": events })))
+    })
+    .await
+}
+
+/// `GET /api/runs/{id}/trace.json`: the run's timeline (Chrome trace format), or a 404 saying
+/// how to get one.
+pub(super) async fn trace(
+    State(dashboard): State<Arc<Dashboard>>,
+    Path(run_id): Path<String>,
+) -> Result<Response, ApiError> {
+    read(dashboard.clone(), move |conn| {
+        run_created_at(conn, &run_id)?;
+        let path = dashboard.trace_file(&run_id);
+        let bytes = std::fs::read(&path).map_err(|err| ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "run {run_id:?} has no timeline ({}: {err}); set train.trace_steps = [from, to] \
+                 to record one",
+                path.display()
+            ),
+        })?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
     })
     .await
 }

@@ -8,6 +8,7 @@
 
 mod api;
 mod prometheus;
+mod ranks;
 mod series;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::run::DATABASE;
+use crate::run::{DATABASE, TRACE_FILE};
 
 /// The dashboard page.
 const PAGE: &str = include_str!("page.html");
@@ -37,6 +38,7 @@ static PLOTLY_JS: LazyLock<String> = LazyLock::new(|| {
 
 /// Where the dashboard reads from.
 struct Dashboard {
+    state_dir: PathBuf,
     database: PathBuf,
 }
 
@@ -52,11 +54,17 @@ impl Dashboard {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(conn)
     }
+
+    /// The timeline file of `run_id` (present when the run traced steps).
+    fn trace_file(&self, run_id: &str) -> PathBuf {
+        self.state_dir.join(run_id).join(TRACE_FILE)
+    }
 }
 
 /// The dashboard's routes over the run database of `state_dir`.
 fn router(state_dir: &Path) -> Router {
     let dashboard = Arc::new(Dashboard {
+        state_dir: state_dir.to_path_buf(),
         database: state_dir.join(DATABASE),
     });
     Router::new()
@@ -66,6 +74,8 @@ fn router(state_dir: &Path) -> Router {
         .route("/api/runs", get(api::runs))
         .route("/api/runs/{id}/series", get(api::series))
         .route("/api/runs/{id}/events", get(api::events))
+        .route("/api/runs/{id}/ranks", get(ranks::ranks))
+        .route("/api/runs/{id}/trace.json", get(api::trace))
         .fallback(api::not_found)
         .with_state(dashboard)
 }

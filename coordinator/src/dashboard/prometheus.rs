@@ -1,7 +1,7 @@
 //! `GET /metrics`: the state directory's runs in Prometheus' text format, for a scraper that
 //! alerts on a stalled or diverging run. Gauges per run (step, loss, images/s) and per rank
-//! (images/s, seconds since its last report), counters per run (steps, skipped steps, bad
-//! images, restarts). All-reduce bytes are not in the run database, so they are not here.
+//! (images/s, seconds since its last heartbeat and since its last report), counters per run
+//! (steps, skipped steps, bad images, restarts, bytes handed to all-reduces).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -69,12 +69,12 @@ pub(super) async fn metrics(
 }
 
 /// Per run: (id, name, status, newest step, its loss, its images/s, skipped, bad images,
-/// restarts).
-type RunRow = (String, String, String, i64, f64, f64, i64, i64, i64);
+/// restarts, all-reduce bytes).
+type RunRow = (String, String, String, i64, f64, f64, i64, i64, i64, i64);
 
 /// Per rank of a running run: (run id, rank, images/s of its newest step, seconds since that
-/// step was recorded).
-type RankRow = (String, i64, f64, f64);
+/// step was recorded, seconds since its last heartbeat).
+type RankRow = (String, i64, f64, f64, f64);
 
 /// A metric family drawn from rows of type `T`: its name, its help text, and each row's value.
 type Column<T> = (&'static str, &'static str, fn(&T) -> f64);
@@ -86,7 +86,8 @@ fn exposition(conn: &Connection) -> anyhow::Result<String> {
                 (SELECT COUNT(*) FROM metrics s WHERE s.run_id = r.id AND s.rank = 0 AND s.skipped),
                 (SELECT COALESCE(SUM(bad_images), 0) FROM metrics b WHERE b.run_id = r.id),
                 (SELECT COUNT(*) FROM events e
-                  WHERE e.run_id = r.id AND e.message LIKE 'generation % failed:%')
+                  WHERE e.run_id = r.id AND e.message LIKE 'generation % failed:%'),
+                (SELECT COALESCE(SUM(allreduce_bytes), 0) FROM metrics a WHERE a.run_id = r.id)
          FROM runs r LEFT JOIN metrics m ON m.run_id = r.id AND m.rank = 0
               AND m.step = (SELECT MAX(step) FROM metrics x WHERE x.run_id = r.id AND x.rank = 0)
          ORDER BY r.created_at",
@@ -103,6 +104,7 @@ fn exposition(conn: &Connection) -> anyhow::Result<String> {
                 r.get(6)?,
                 r.get(7)?,
                 r.get(8)?,
+                r.get(9)?,
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -135,7 +137,7 @@ fn exposition(conn: &Connection) -> anyhow::Result<String> {
             family.sample(name, &labels, value(run));
         }
     }
-    let counters: [Column<RunRow>; 4] = [
+    let counters: [Column<RunRow>; 5] = [
         ("incept_run_steps", "Optimizer steps completed.", |r| {
             r.3 as f64
         }),
@@ -154,6 +156,11 @@ fn exposition(conn: &Connection) -> anyhow::Result<String> {
             "Generations restarted after a failure.",
             |r| r.8 as f64,
         ),
+        (
+            "incept_run_allreduce_bytes",
+            "Bytes every rank handed to the all-reduces (gradients in their wire format, loss).",
+            |r| r.9 as f64,
+        ),
     ];
     for (name, help, value) in counters {
         let total = format!("{name}_total");
@@ -166,21 +173,29 @@ fn exposition(conn: &Connection) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Per rank of the running runs: images/s of its newest step and the age of its last report.
+/// Per rank of the running runs: images/s of its newest step and the ages of its last report
+/// and heartbeat (NaN before the first).
 fn rank_gauges(conn: &Connection, out: &mut String) -> anyhow::Result<()> {
     let mut query = conn.prepare(
-        "SELECT m.run_id, m.rank, m.images_per_sec, m.recorded_at
+        "SELECT m.run_id, m.rank, m.images_per_sec, m.recorded_at, w.heartbeat_at
          FROM metrics m JOIN runs r ON r.id = m.run_id AND r.status = 'running'
+              LEFT JOIN workers w ON w.run_id = m.run_id AND w.rank = m.rank
          WHERE m.step = (SELECT MAX(step) FROM metrics x WHERE x.run_id = m.run_id AND x.rank = m.rank)
          ORDER BY m.run_id, m.rank",
     )?;
     let now = now();
     let rows: Vec<RankRow> = query
         .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, now - r.get::<_, f64>(3)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                now - r.get::<_, f64>(3)?,
+                now - r.get::<_, Option<f64>>(4)?.unwrap_or(f64::NAN),
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let families: [Column<RankRow>; 2] = [
+    let families: [Column<RankRow>; 3] = [
         (
             "incept_worker_images_per_second",
             "Images per second of the rank's newest step.",
@@ -190,6 +205,11 @@ fn rank_gauges(conn: &Connection, out: &mut String) -> anyhow::Result<()> {
             "incept_worker_report_age_seconds",
             "Seconds since the rank's newest step was recorded.",
             |r| r.3,
+        ),
+        (
+            "incept_worker_heartbeat_age_seconds",
+            "Seconds since the rank's last heartbeat (or join) was recorded.",
+            |r| r.4,
         ),
     ];
     for (name, help, value) in families {
