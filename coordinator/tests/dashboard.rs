@@ -104,6 +104,7 @@ fn the_api_serves_runs_series_and_events_and_names_what_is_wrong() {
     assert_eq!(listed["id"], run.as_str());
     assert_eq!(listed["status"], "succeeded");
     assert_eq!(listed["steps_done"], 48);
+    assert_eq!(listed["generation"], 0, "no restart");
     assert!(listed["top1"].as_f64().is_some() && listed["best_top1"].as_f64().is_some());
     assert_eq!(
         served.json("/api/runs?status=failed").1["runs"],
@@ -409,7 +410,8 @@ fn chromium_shows_runs_live_smooths_groups_and_hides_them() {
         .stderr(Stdio::null());
     let mut training = launch.spawn().unwrap();
     let served = Served::start(&fx);
-    let screenshot = std::env::temp_dir().join("incept-dashboard.png");
+    // The README's picture is a copy of this one (coordinator/docs/dashboard.png).
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let mut browser = Command::new("python3");
     browser
         .arg(&script)

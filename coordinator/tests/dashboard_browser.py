@@ -33,7 +33,7 @@ if not chromium or not chromedriver:
 
 options = webdriver.ChromeOptions()
 options.binary_location = chromium
-for argument in ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"]:
+for argument in ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1320"]:
     options.add_argument(argument)
 driver = webdriver.Chrome(service=Service(chromedriver), options=options)
 POINTS = """
@@ -113,6 +113,8 @@ try:
     wait.until(lambda d: d.execute_script(POINTS) > first)
     assert driver.execute_script("return window.inceptMark") == "same page", "the page reloaded"
     print(f"loss chart grew from {first} to {driver.execute_script(POINTS)} points without a reload")
+    # The screenshot shows the step time by rank too.
+    wait.until(lambda d: len(d.execute_script(RANKS)[0]) == 3)
     driver.save_screenshot(screenshot)
 
     choose(driver, "smoothing", "0.9")

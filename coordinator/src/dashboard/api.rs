@@ -132,6 +132,8 @@ struct RunRow {
     top5: Option<f64>,
     best_top1: Option<f64>,
     best_top5: Option<f64>,
+    /// Generations that failed and were restarted: the current one's number.
+    generation: i64,
     /// The resolved experiment, flattened to `section.key = value`.
     config: BTreeMap<String, String>,
 }
@@ -143,11 +145,13 @@ fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
                 r.created_at, r.finished_at, r.val_top1, r.val_top5,
                 (SELECT MAX(top1) FROM evaluations e WHERE e.run_id = r.id),
                 (SELECT MAX(top5) FROM evaluations e WHERE e.run_id = r.id),
+                (SELECT COUNT(*) FROM events e
+                  WHERE e.run_id = r.id AND e.message LIKE 'generation % failed:%'),
                 r.config
          FROM runs r ORDER BY r.created_at DESC",
     )?;
     let rows = query.query_map([], |r| {
-        let config: String = r.get(12)?;
+        let config: String = r.get(13)?;
         Ok(RunRow {
             id: r.get(0)?,
             name: r.get(1)?,
@@ -161,6 +165,7 @@ fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
             top5: r.get(9)?,
             best_top1: r.get(10)?,
             best_top5: r.get(11)?,
+            generation: r.get(12)?,
             config: flatten(&config),
         })
     })?;
@@ -219,6 +224,7 @@ fn runs_json(runs: &[RunRow], traced: &[bool]) -> Value {
                 "name": run.name,
                 "status": run.status,
                 "world_size": run.world_size,
+                "generation": run.generation,
                 "total_steps": run.total_steps,
                 "steps_done": run.steps_done.unwrap_or(0),
                 "created_at": run.created_at,
