@@ -40,6 +40,13 @@ impl Experiment {
             "must be f32 with cluster.backend = \"nccl\" (NCCL reduces in the wire type)",
         );
         check.at_least("cluster.threads_per_worker", c.threads_per_worker, 1);
+        check.require(
+            c.straggler_factor == 0.0 || c.straggler_factor > 1.0,
+            "cluster.straggler_factor",
+            c.straggler_factor,
+            "must be above 1 (or 0: off)",
+        );
+        check.at_least("cluster.straggler_window", c.straggler_window, 1);
         check.at_least("cluster.gpus_per_node", c.gpus_per_node, 1);
 
         let m = &self.model;

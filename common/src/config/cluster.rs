@@ -53,6 +53,12 @@ pub struct ClusterSection {
     /// rank 0 for a checkpoint of its current step and waits this long for it before stopping
     /// the workers; 0 stops them at once.
     pub stop_checkpoint_s: u64,
+    /// A "straggler" event names a rank whose median data + compute time per step, over its
+    /// newest `straggler_window` steps, exceeds this many times the other ranks' median (they
+    /// wait for it in every all-reduce); 0 turns it off.
+    pub straggler_factor: f64,
+    /// Steps per rank the straggler medians cover.
+    pub straggler_window: usize,
     /// Where `coordinator launch` serves the dashboard of its state directory (port 0: any free
     /// one; empty: no dashboard). A non-loopback address shows every run to whoever reaches it.
     pub dashboard_bind: String,
@@ -79,6 +85,8 @@ impl Default for ClusterSection {
             gpus_per_node: 1,
             max_restarts: 3,
             stop_checkpoint_s: 120,
+            straggler_factor: 1.5,
+            straggler_window: 50,
             dashboard_bind: "127.0.0.1:0".into(),
         }
     }

@@ -10,6 +10,7 @@ mod monitor;
 mod prepare;
 mod report;
 mod signals;
+mod straggler;
 mod trace;
 
 use std::net::SocketAddr;

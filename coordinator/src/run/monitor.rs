@@ -19,6 +19,7 @@ use crate::tensorboard::EventWriter;
 
 use super::dying::DyingAlert;
 use super::signals::{Signal, Signals};
+use super::straggler::StragglerWatch;
 use super::{Outcome, RunFiles};
 
 /// Follows a run's events and the health of its workers.
@@ -57,6 +58,8 @@ pub(super) struct Monitor<'a> {
     files: &'a mut RunFiles,
     /// Rank 0's dead-unit probes, watched for the "dying" alert.
     dying: DyingAlert,
+    /// Every rank's step times, watched for a straggler.
+    stragglers: StragglerWatch,
     /// When each rank's heartbeat was last written to the database.
     heartbeat_written: Vec<Option<Instant>>,
     /// `cluster.stop_checkpoint_s`: how long a signalled run waits for rank 0's checkpoint.
@@ -102,6 +105,11 @@ impl<'a> Monitor<'a> {
             evaluated: evaluation.then(|| vec![0; world]),
             files,
             dying: DyingAlert::new(exp.train.dead_alert, exp.train.dead_alert_window),
+            stragglers: StragglerWatch::new(
+                exp.cluster.straggler_factor,
+                exp.cluster.straggler_window,
+                world,
+            ),
             heartbeat_written: vec![None; world],
             stop_checkpoint: Duration::from_secs(exp.cluster.stop_checkpoint_s),
             draining: None,
@@ -221,6 +229,10 @@ impl<'a> Monitor<'a> {
                     self.write_events(|events| events.steps(&steps));
                 }
                 self.write_trace(rank, &steps);
+                if let Some(straggler) = self.stragglers.observe(rank, &steps) {
+                    self.progress.println(&format!("warning: {straggler}"));
+                    self.store.event(run_id, "warn", &straggler)?;
+                }
                 if let Some(last) = steps.iter().filter(|_| rank == 0).max_by_key(|m| m.step) {
                     self.last_loss = last.loss;
                     self.progress
