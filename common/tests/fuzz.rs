@@ -70,7 +70,7 @@ proptest! {
         let file = dir.path().join("exp.toml");
         std::fs::write(&file, "[run]\nname = \"fuzz\"\n").unwrap();
         let setting = format!("{key}={value}");
-        if let Err(err) = read(&file, &[setting.clone()]) {
+        if let Err(err) = read(&file, std::slice::from_ref(&setting)) {
             let message = format!("{err:#}");
             prop_assert!(message.contains(&key), "{setting}: {message}");
         }
