@@ -2,9 +2,7 @@
 //! message take arbitrary text and bytes without panicking, and an error names what is wrong.
 //! Bounded: proptest's default 256 cases per property (a few seconds in all).
 
-use std::collections::BTreeSet;
-
-use incept_common::config::{Experiment, read};
+use incept_common::config::{Experiment, flatten, read};
 use incept_common::proto::{
     Ack, Assignment, CheckpointReport, EvaluationReport, HeartbeatReply, HeartbeatRequest,
     JoinRequest, MetricsReport, ProbeMetrics, StepMetrics, TraceSpan, WorkerResult,
@@ -12,29 +10,11 @@ use incept_common::proto::{
 use proptest::prelude::*;
 use prost::Message;
 
-/// Every key of an experiment, as `section.key` (nested tables joined by dots).
+/// Every key of an experiment, as `section.key`.
 fn experiment_keys() -> Vec<String> {
-    fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
-        match value {
-            toml::Value::Table(table) => {
-                for (key, value) in table {
-                    let path = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    walk(&path, value, out);
-                }
-            }
-            _ => {
-                out.insert(prefix.to_string());
-            }
-        }
-    }
-    let table: toml::Table = toml::from_str(&Experiment::default().to_toml()).unwrap();
-    let mut keys = BTreeSet::new();
-    walk("", &toml::Value::Table(table), &mut keys);
-    keys.into_iter().collect()
+    flatten(&Experiment::default().to_toml())
+        .into_keys()
+        .collect()
 }
 
 /// A `--set` value as a user might mistype it: numbers of every kind, strings, arrays,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use incept_common::config::{Arch, Crops};
 
-use crate::{bench, predict, run};
+use crate::{bench, predict, run, sweep};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -124,6 +124,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:6007")]
         bind: String,
     },
+    /// Run every arm of a study (DIR/arms.toml), N at a time; rerunning it skips the arms that
+    /// succeeded and continues the others from their checkpoints.
+    Sweep(sweep::SweepArgs),
     /// List the runs of a state directory.
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]

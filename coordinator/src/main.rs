@@ -15,6 +15,7 @@ mod runs;
 mod service;
 mod status;
 mod store;
+mod sweep;
 mod tensorboard;
 
 use std::process::ExitCode;
@@ -119,6 +120,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .block_on(dashboard::serve(&state_dir, &bind))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sweep(args) => sweep::run(&args),
         Command::Runs { state_dir } => {
             runs::list(&state_dir)?;
             Ok(ExitCode::SUCCESS)

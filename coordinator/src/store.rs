@@ -240,6 +240,8 @@ impl Store {
             .with_context(|| format!("opening the run database {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Coordinators of a sweep share the database: a writer waits for another's commit.
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         add_missing_columns(&conn)

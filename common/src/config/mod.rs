@@ -42,6 +42,37 @@ pub struct Experiment {
     pub checkpoint: CheckpointSection,
 }
 
+/// `section.key = value` for every value of a TOML document (nested tables joined by dots,
+/// values in TOML syntax): how runs are compared key by key. Empty when it does not parse.
+pub fn flatten(toml_text: &str) -> std::collections::BTreeMap<String, String> {
+    fn walk(
+        prefix: &str,
+        value: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, value, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(table) = toml::from_str::<toml::Table>(toml_text) {
+        walk("", &toml::Value::Table(table), &mut out);
+    }
+    out
+}
+
 impl Experiment {
     /// Images consumed by one optimizer step across all replicas.
     pub fn global_batch(&self) -> usize {

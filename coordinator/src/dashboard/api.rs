@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::Dashboard;
 use super::series::{METRICS, Metric, Point, downsample};
 use crate::store::{RunStatus, now};
-use incept_common::config::Experiment;
+use incept_common::config::{self, Experiment};
 
 /// A request the API cannot answer, and why.
 pub(super) struct ApiError {
@@ -166,36 +166,10 @@ fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
             best_top1: r.get(10)?,
             best_top5: r.get(11)?,
             generation: r.get(12)?,
-            config: flatten(&config),
+            config: config::flatten(&config),
         })
     })?;
     rows.collect()
-}
-
-/// `section.key = value` of a resolved experiment (empty when it does not parse).
-fn flatten(toml_text: &str) -> BTreeMap<String, String> {
-    fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
-        match value {
-            toml::Value::Table(table) => {
-                for (key, value) in table {
-                    let path = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    walk(&path, value, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.to_string());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    if let Ok(table) = toml::from_str::<toml::Table>(toml_text) {
-        walk("", &toml::Value::Table(table), &mut out);
-    }
-    out
 }
 
 /// The runs as JSON, each with the hyperparameters in which the listed runs differ and

@@ -42,7 +42,7 @@ use self::prepare::{
     prepare_new, prepare_resume, run_exists,
 };
 use self::report::report;
-use self::signals::Signals;
+pub(crate) use self::signals::Signals;
 pub use self::trace::TRACE_FILE;
 use self::trace::TraceFile;
 

@@ -6,7 +6,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// A signal that interrupts a run.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Signal {
+pub(crate) enum Signal {
     Interrupt,
     Terminate,
     HangUp,
@@ -15,7 +15,7 @@ pub(super) enum Signal {
 
 impl Signal {
     /// Its name, for messages.
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Signal::Interrupt => "SIGINT",
             Signal::Terminate => "SIGTERM",
@@ -25,7 +25,7 @@ impl Signal {
     }
 
     /// 128 + the signal number, as a shell reports a process the signal ended.
-    pub(super) fn exit_code(self) -> u8 {
+    pub(crate) fn exit_code(self) -> u8 {
         128 + match self {
             Signal::Interrupt => 2,
             Signal::Terminate => 15,
@@ -36,7 +36,7 @@ impl Signal {
 }
 
 /// The run's signal handlers, installed once per launch.
-pub(super) struct Signals {
+pub(crate) struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hang_up: tokio::signal::unix::Signal,
@@ -45,7 +45,7 @@ pub(super) struct Signals {
 
 impl Signals {
     /// Takes SIGINT, SIGTERM, SIGHUP and SIGUSR1 over from their default action (ending the process).
-    pub(super) fn install() -> std::io::Result<Self> {
+    pub(crate) fn install() -> std::io::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
@@ -55,7 +55,7 @@ impl Signals {
     }
 
     /// The next signal (one that came while nobody waited is delivered now).
-    pub(super) async fn next(&mut self) -> Signal {
+    pub(crate) async fn next(&mut self) -> Signal {
         tokio::select! {
             _ = self.interrupt.recv() => Signal::Interrupt,
             _ = self.terminate.recv() => Signal::Terminate,
