@@ -186,35 +186,31 @@ fn train<B: TrainBackend>(
                 residual_ratios: probe.residual_ratios,
             });
         }
-        let done = step + 1;
-        let every = exp.train.check_replicas_every;
-        if every > 0 && done.is_multiple_of(every) {
-            replica.check_consistency(done)?;
-        }
-        let asked = checkpoints.enabled && progress.checkpoint_now.swap(false, Ordering::Relaxed);
-        let checkpoint = if asked || checkpoints.due(done, total) {
-            let started = Instant::now();
-            let report = checkpoints.write(&replica, done)?;
-            replica
-                .timeline()
-                .record_until_now(done, Lane::Training, "checkpoint", started);
-            Some(report)
-        } else {
-            None
-        };
+        // Spans of this step, and of the previous step's checkpoint (timed after its report).
         metrics.trace = replica
             .timeline()
             .take()
             .into_iter()
             .map(to_trace_span)
             .collect();
-        // The coordinator going away only loses metrics; training continues. The step's
-        // metrics go before its checkpoint, which may end a stopping run.
+        // The coordinator going away only loses metrics; training continues. They go before
+        // the step's checkpoint is written: its report may end a stopping run.
         let _ = reports.send(Report::Step(metrics));
-        if let Some(report) = checkpoint {
+        progress.step.store(step + 1, Ordering::Relaxed);
+        let done = step + 1;
+        let every = exp.train.check_replicas_every;
+        if every > 0 && done.is_multiple_of(every) {
+            replica.check_consistency(done)?;
+        }
+        let asked = checkpoints.enabled && progress.checkpoint_now.swap(false, Ordering::Relaxed);
+        if asked || checkpoints.due(done, total) {
+            let started = Instant::now();
+            let report = checkpoints.write(&replica, done)?;
+            replica
+                .timeline()
+                .record_until_now(done, Lane::Training, "checkpoint", started);
             let _ = reports.send(Report::Checkpoint(report));
         }
-        progress.step.store(done, Ordering::Relaxed);
         if exp.train.eval_every > 0 && done.is_multiple_of(exp.train.eval_every) && done < total {
             let eval = replica.evaluate()?;
             tracing::info!(
