@@ -193,7 +193,9 @@ fn slurm_runs_the_sbatch_recipe_and_a_usr1_checkpoints_and_requeues_the_run() {
     assert_eq!(ended, "COMPLETED 0:0 0", "{}", slurm.output(&job));
     assert_eq!(
         run_state(&fx, &format!("slurm-{job}")),
-        ("succeeded".to_string(), 72)
+        ("succeeded".to_string(), 72),
+        "{}",
+        slurm.output(&job)
     );
 
     // A job warned of its time limit mid-run: it checkpoints, requeues and finishes the run.
@@ -232,5 +234,9 @@ fn slurm_runs_the_sbatch_recipe_and_a_usr1_checkpoints_and_requeues_the_run() {
     assert!(output.contains("SIGUSR1: checkpointing"), "{output}");
     assert!(output.contains(&format!("run {run_id} exists")), "{output}");
     assert!(output.contains("resuming from step "), "{output}");
-    assert_eq!(run_state(&fx, &run_id), ("succeeded".to_string(), 72));
+    assert_eq!(
+        run_state(&fx, &run_id),
+        ("succeeded".to_string(), 72),
+        "{output}"
+    );
 }

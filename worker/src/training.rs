@@ -210,6 +210,13 @@ fn train<B: TrainBackend>(
                 .timeline()
                 .record_until_now(done, Lane::Training, "checkpoint", started);
             let _ = reports.send(Report::Checkpoint(report));
+            // The coordinator asks only when it stops the run; a step past its checkpoint would
+            // be trained again, and a checkpoint past it would be resumed without its metrics.
+            if asked && done < total {
+                bail!(
+                    "stopped by the coordinator after step {done}, whose checkpoint it asked for"
+                );
+            }
         }
         if exp.train.eval_every > 0 && done.is_multiple_of(exp.train.eval_every) && done < total {
             let eval = replica.evaluate()?;
