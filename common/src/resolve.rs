@@ -71,12 +71,17 @@ pub fn required_paths(exp: &Experiment) -> Vec<(&'static str, PathBuf)> {
 }
 
 /// Opens the dataset and fixes the experiment's sample counts to it (file-backed sources), so
-/// that steps per epoch and the run length are those of the real data; checks the result.
+/// that steps per epoch and the run length are those of the real data (the validation images
+/// capped at `data.val_limit`); checks the result.
 pub fn open_dataset(exp: &mut Experiment) -> anyhow::Result<Arc<dyn Source>> {
     let source = data::open(exp)?;
     if exp.data.source != DataSource::Synthetic {
         exp.data.train_samples = source.len(Split::Train) as usize;
-        exp.data.val_samples = source.len(Split::Validation) as usize;
+        let validation = source.len(Split::Validation) as usize;
+        exp.data.val_samples = match exp.data.val_limit {
+            0 => validation,
+            limit => limit.min(validation),
+        };
         if let Err(problems) = check(exp) {
             anyhow::bail!(
                 "the dataset at {} does not fit the experiment:\n{problems}",
@@ -125,6 +130,25 @@ mod tests {
         }
         let err = load(&write(&dir, "[data]\nsource = \"lmdb\"\n"), &[]).unwrap_err();
         assert!(err.to_string().contains("lmdb"), "{err}");
+    }
+
+    #[test]
+    fn val_limit_caps_the_validation_images_of_a_dataset() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::data::idx::fixture::dataset(dir.path(), &[1, 2, 3, 4, 5]);
+        for (limit, expected) in [(0, 5), (2, 2), (9, 5)] {
+            let mut exp = Experiment::default();
+            exp.data.source = DataSource::FashionMnist;
+            exp.data.path = Some(dir.path().to_path_buf());
+            exp.data.val_limit = limit;
+            exp.model.num_classes = 10;
+            exp.train.batch_size = 1;
+            open_dataset(&mut exp).unwrap();
+            assert_eq!(
+                (exp.data.train_samples, exp.data.val_samples),
+                (5, expected)
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct DataSection {
     pub train_samples: usize,
     /// Held-out validation images (synthetic; file-backed sources: set from the dataset).
     pub val_samples: usize,
+    /// File-backed sources: evaluate on the first this many validation images only (0 = all
+    /// of them), e.g. a study whose many short runs would spend most of their time in the
+    /// final evaluation.
+    pub val_limit: usize,
     /// Synthetic source: standard deviation of the pixel noise (signal amplitude is 1).
     pub noise: f64,
     /// `imagenet` with a flat `val/`: ground truth, one wnid per image in file-name order
@@ -65,6 +69,7 @@ impl Default for DataSection {
             path: None,
             train_samples: 10_000,
             val_samples: 1_000,
+            val_limit: 0,
             noise: 0.5,
             val_labels: None,
             background_class: false,

@@ -73,6 +73,20 @@ pub fn flatten(toml_text: &str) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// The keys of flattened experiments ([`flatten`]) whose values are not the same in all of
+/// them (a key some lack counts as differing), in key order: what tells runs or arms apart.
+pub fn differing_keys<'a>(
+    configs: &[&'a std::collections::BTreeMap<String, String>],
+) -> Vec<&'a String> {
+    let keys: std::collections::BTreeSet<&String> = configs.iter().flat_map(|c| c.keys()).collect();
+    keys.into_iter()
+        .filter(|key| {
+            let first = configs.first().and_then(|c| c.get(*key));
+            configs.iter().any(|c| c.get(*key) != first)
+        })
+        .collect()
+}
+
 impl Experiment {
     /// Images consumed by one optimizer step across all replicas.
     pub fn global_batch(&self) -> usize {
@@ -99,6 +113,19 @@ impl Experiment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differing_keys_are_those_not_equal_everywhere() {
+        let a = flatten("[run]\nseed = 1\n[model]\nresidual_scale = 1.0\nwidth = 0.5\n");
+        let b = flatten("[run]\nseed = 2\n[model]\nresidual_scale = 0.1\nwidth = 0.5\n");
+        let c = flatten("[run]\nseed = 2\n[model]\nwidth = 0.5\n");
+        assert_eq!(
+            differing_keys(&[&a, &b]),
+            ["model.residual_scale", "run.seed"]
+        );
+        assert_eq!(differing_keys(&[&b, &c]), ["model.residual_scale"]);
+        assert!(differing_keys(&[&a]).is_empty() && differing_keys(&[]).is_empty());
+    }
 
     #[test]
     fn resolved_toml_round_trips() {

@@ -172,13 +172,17 @@ impl Source for FashionMnist {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixture {
+    //! Small IDX datasets written for tests.
+
+    use std::fs::File;
     use std::io::Write;
+    use std::path::Path;
 
     use flate2::Compression;
     use flate2::write::GzEncoder;
 
-    use super::*;
+    use super::{IMAGES_MAGIC, LABELS_MAGIC};
 
     fn idx(magic: u32, dims: &[u32], payload: &[u8]) -> Vec<u8> {
         let mut out = magic.to_be_bytes().to_vec();
@@ -200,7 +204,9 @@ mod tests {
         }
     }
 
-    fn dataset(dir: &Path, labels: &[u8]) {
+    /// A dataset of 2×2 images with `labels`, the same for the training and test splits
+    /// (training files gzipped, test files plain).
+    pub(crate) fn dataset(dir: &Path, labels: &[u8]) {
         let n = labels.len() as u32;
         let pixels: Vec<u8> = (0..n * 4).map(|i| i as u8).collect();
         for (prefix, gzip) in [("train", true), ("t10k", false)] {
@@ -218,6 +224,12 @@ mod tests {
             );
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::dataset;
+    use super::*;
 
     #[test]
     fn reads_gzipped_and_plain_files() {

@@ -1,7 +1,7 @@
 //! The dashboard's JSON API. Every error is a JSON `{"error": …}` with a status that says whose
 //! fault it is: 404 for an unknown run or path, 400 naming the query parameter that is wrong.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Json;
@@ -175,15 +175,8 @@ fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
 /// The runs as JSON, each with the hyperparameters in which the listed runs differ and
 /// whether it has a timeline (`traced`, in the same order).
 fn runs_json(runs: &[RunRow], traced: &[bool]) -> Value {
-    let keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
-    let differing: Vec<&String> = keys
-        .into_iter()
-        .filter(|key| {
-            let values: BTreeSet<Option<&String>> =
-                runs.iter().map(|r| r.config.get(*key)).collect();
-            values.len() > 1
-        })
-        .collect();
+    let configs: Vec<&BTreeMap<String, String>> = runs.iter().map(|r| &r.config).collect();
+    let differing = config::differing_keys(&configs);
     let now = now();
     let rows: Vec<Value> = runs
         .iter()
