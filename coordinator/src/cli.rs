@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use incept_common::config::{Arch, Crops};
 
-use crate::{bench, predict, run, sweep};
+use crate::{bench, compare, predict, run, sweep};
 
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    version = crate::CODE_VERSION,
     about = "Distributed training orchestrator for the Inception family"
 )]
 pub struct Cli {
@@ -127,6 +127,9 @@ pub enum Command {
     /// Run every arm of a study (DIR/arms.toml), N at a time; rerunning it skips the arms that
     /// succeeded and continues the others from their checkpoints.
     Sweep(sweep::SweepArgs),
+    /// Report on runs grouped into arms (a sweep's, or runs by the keys they differ in): a
+    /// Markdown table of each arm's mean ± spread over seeds, SVG figures, CSV files.
+    Compare(compare::CompareArgs),
     /// List the runs of a state directory.
     Runs {
         #[arg(long, default_value_os_t = run::default_state_dir())]

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod compare;
 mod dashboard;
 mod dataset;
 mod launcher;
@@ -26,6 +27,15 @@ use incept_common::data::pack::PackOptions;
 use incept_common::resolve;
 
 use crate::cli::{BenchCommand, Cli, Command, DatasetCommand, ModelsCommand};
+
+/// The incept version and the commit this binary was built from: each run records it, and
+/// `compare` reports it.
+pub const CODE_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("INCEPT_COMMIT"),
+    ")"
+);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -121,6 +131,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep(args) => sweep::run(&args),
+        Command::Compare(args) => {
+            compare::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runs { state_dir } => {
             runs::list(&state_dir)?;
             Ok(ExitCode::SUCCESS)
@@ -223,6 +237,7 @@ fn only_prints(command: &Command) -> bool {
     matches!(
         command,
         Command::Config { .. }
+            | Command::Compare(_)
             | Command::Runs { .. }
             | Command::Status { .. }
             | Command::Models { action: None, .. }

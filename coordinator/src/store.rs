@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS runs (
     val_top5 REAL,
     val_samples INTEGER,
     val_loss REAL,
-    error TEXT
+    error TEXT,
+    code_version TEXT
 );
 CREATE TABLE IF NOT EXISTS workers (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -207,13 +208,20 @@ pub struct Store {
 }
 
 /// Columns added after a table was first released: (table, column, definition).
-const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+    ("runs", "code_version", "TEXT"),
     ("metrics", "bad_images", "INTEGER NOT NULL DEFAULT 0"),
     ("metrics", "allreduce_bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("workers", "heartbeat_at", "REAL"),
     ("evaluations", "protocol", "TEXT NOT NULL DEFAULT '1-crop'"),
     ("evaluations", "weights", "TEXT NOT NULL DEFAULT ''"),
 ];
+
+/// `value`, with NaN as +∞: SQLite stores a NaN as NULL, which a `NOT NULL` column refuses,
+/// and a diverged step (recorded with `skipped` set) must not fail the run's bookkeeping.
+fn storable(value: f64) -> f64 {
+    if value.is_nan() { f64::INFINITY } else { value }
+}
 
 /// Brings a database made by an earlier version up to the current schema.
 fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
@@ -249,6 +257,7 @@ impl Store {
         Ok(Self { conn })
     }
 
+    /// Records a new run, `running`, made by this binary's [`crate::CODE_VERSION`].
     pub fn create_run(
         &self,
         id: &str,
@@ -258,8 +267,9 @@ impl Store {
         total_steps: u64,
     ) -> anyhow::Result<()> {
         self.conn.execute(
-            "INSERT INTO runs (id, name, status, config, world_size, total_steps, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO runs (id, name, status, config, world_size, total_steps, created_at,
+                               code_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 id,
                 name,
@@ -267,7 +277,8 @@ impl Store {
                 config,
                 world_size as i64,
                 total_steps as i64,
-                now()
+                now(),
+                crate::CODE_VERSION
             ],
         )?;
         Ok(())
@@ -325,7 +336,7 @@ impl Store {
                     probe.execute(params![
                         run_id,
                         m.step as i64,
-                        p.dead_fraction,
+                        storable(p.dead_fraction),
                         ratio(0),
                         ratio(1),
                         ratio(2)
@@ -336,13 +347,13 @@ impl Store {
                     rank,
                     m.step as i64,
                     m.epoch,
-                    m.loss,
+                    storable(m.loss),
                     m.learning_rate,
                     m.images_per_sec,
                     m.data_seconds,
                     m.compute_seconds,
                     m.allreduce_seconds,
-                    m.grad_norm,
+                    storable(m.grad_norm),
                     m.skipped,
                     at,
                     m.bad_images,
@@ -740,6 +751,51 @@ mod tests {
             RunStatus::Succeeded
         );
         assert!(store.run_config("r2").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_diverged_step_is_stored_as_infinite_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("incept.db")).unwrap();
+        store.create_run("r1", "test", "x = 1", 1, 10).unwrap();
+        let diverged = StepMetrics {
+            step: 1,
+            loss: f64::NAN,
+            grad_norm: f64::NAN,
+            skipped: true,
+            probe: Some(incept_common::proto::ProbeMetrics {
+                dead_fraction: f64::NAN,
+                residual_ratios: vec![f64::NAN, 0.5],
+            }),
+            ..Default::default()
+        };
+        store.insert_metrics("r1", 0, &[diverged]).unwrap();
+        let (loss, grad_norm, skipped): (f64, f64, bool) = store
+            .conn
+            .query_row(
+                "SELECT loss, grad_norm, skipped FROM metrics WHERE run_id = 'r1'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (loss, grad_norm, skipped),
+            (f64::INFINITY, f64::INFINITY, true)
+        );
+        let probe: (f64, Option<f64>, Option<f64>) = store
+            .conn
+            .query_row(
+                "SELECT dead_fraction, residual_ratio_a, residual_ratio_b FROM probes",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(probe, (f64::INFINITY, None, Some(0.5)));
+        let version: String = store
+            .conn
+            .query_row("SELECT code_version FROM runs", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, crate::CODE_VERSION);
     }
 
     #[test]

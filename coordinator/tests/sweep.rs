@@ -176,3 +176,121 @@ fn an_interrupted_sweep_is_rerun_without_repeating_finished_work() {
         .unwrap_or_else(|| panic!("not resumed:\n{log}"));
     assert!(!resumed.starts_with('0'), "{resumed}");
 }
+
+/// `coordinator compare` of the tiny sweep's two arms: the report's numbers are the database's.
+#[test]
+fn compare_reports_the_arms_of_a_sweep_with_the_databases_numbers() {
+    let fx = Fixture::new(TINY);
+    let study = fx.dir.path().join("tiny_study");
+    std::fs::create_dir(&study).unwrap();
+    std::fs::write(study.join("arms.toml"), TINY_SWEEP).unwrap();
+    std::fs::copy(fx.experiment(), study.join("exp.toml")).unwrap();
+    let study = study.to_str().unwrap();
+    let out = run_with_limit(sweep(&fx, &[study]), Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let report = fx.dir.path().join("results").join("tiny.md");
+    let compare = |args: &[&str]| {
+        let mut cmd = fx.coordinator(&["compare"]);
+        cmd.args(args);
+        run_with_limit(cmd, Duration::from_secs(60))
+    };
+    let out = compare(&["--sweep", study, "--out", report.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("compared 2 run(s) in 2 arm(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let markdown = std::fs::read_to_string(&report).unwrap();
+    let db = fx.db();
+    for (run, arm) in [
+        ("tiny_study-tiny-scale1.0-s1", "scale=1.0"),
+        ("tiny_study-tiny-scale0.1-s1", "scale=0.1"),
+    ] {
+        let (top1, top5, max_grad, skipped, steps): (f64, f64, f64, i64, i64) = db
+            .query_row(
+                "SELECT val_top1, val_top5,
+                        (SELECT MAX(grad_norm) FROM metrics WHERE run_id = ?1),
+                        (SELECT SUM(skipped) FROM metrics WHERE run_id = ?1 AND rank = 0),
+                        (SELECT MAX(step) FROM metrics WHERE run_id = ?1)
+                 FROM runs WHERE id = ?1",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        let peak_dead: f64 = db
+            .query_row(
+                "SELECT MAX(dead_fraction) FROM probes WHERE run_id = ?1",
+                [run],
+                |r| r.get(0),
+            )
+            .unwrap();
+        // One seed per arm: the arm's row holds the run's own values.
+        let row = markdown
+            .lines()
+            .find(|l| l.starts_with(&format!("| {arm} | 1 |")))
+            .unwrap_or_else(|| panic!("no row for {arm}:\n{markdown}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[3], format!("{:.2}", 100.0 * top1), "{row}");
+        assert_eq!(cells[4], format!("{:.2}", 100.0 * top5), "{row}");
+        assert_eq!(cells[6], format!("{max_grad:.2}"), "{row}");
+        assert_eq!(cells[7], format!("{:.1}", skipped as f64), "{row}");
+        assert_eq!(cells[8], format!("{:.1}", 100.0 * peak_dead), "{row}");
+        assert!(
+            markdown.contains(&format!("| {run} | 1 | succeeded | {steps} |")),
+            "{markdown}"
+        );
+    }
+    let sibling = |suffix: &str| report.with_file_name(format!("tiny-{suffix}"));
+    for figure in ["loss", "top1", "dead", "ratio"] {
+        let svg = std::fs::read_to_string(sibling(&format!("{figure}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("scale=0.1") && svg.contains("<polyline"),
+            "{figure}.svg"
+        );
+        assert!(
+            markdown.contains(&format!("(tiny-{figure}.svg)")),
+            "{figure} not linked"
+        );
+    }
+    let runs_csv = std::fs::read_to_string(sibling("runs.csv")).unwrap();
+    assert_eq!(runs_csv.lines().count(), 1 + 2, "{runs_csv}");
+    let curves = std::fs::read_to_string(sibling("curves.csv")).unwrap();
+    assert_eq!(curves.lines().count(), 1 + 2 * 48);
+
+    // Runs named directly are grouped by the keys in which they differ.
+    let out = compare(&[
+        "tiny_study-tiny-scale1.0-s1",
+        "tiny_study-tiny-scale0.1-s1",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let markdown = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        markdown.contains("| model.residual_scale=0.1 | 1 |"),
+        "{markdown}"
+    );
+
+    // Mistakes are named.
+    for (args, named) in [
+        (vec!["no-such-run", "--out", "x.md"], "no-such-run"),
+        (
+            vec![
+                "--sweep",
+                study,
+                "--group-by",
+                "model.widht",
+                "--out",
+                "x.md",
+            ],
+            "model.widht",
+        ),
+        (vec!["--sweep", study, "--out", "x.html"], "x.html"),
+    ] {
+        let out = compare(&args);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(named), "{}", text(&out.stderr));
+    }
+}

@@ -4,7 +4,7 @@
 
 /// Watches rank 0's probes for `window` in a row above `threshold`.
 #[derive(Debug)]
-pub(super) struct DyingAlert {
+pub(crate) struct DyingAlert {
     threshold: f64,
     window: u32,
     /// Probes in a row above the threshold, and the step of the first.
@@ -13,7 +13,7 @@ pub(super) struct DyingAlert {
 
 impl DyingAlert {
     /// `train.dead_alert` and `train.dead_alert_window`.
-    pub(super) fn new(threshold: f64, window: u32) -> Self {
+    pub(crate) fn new(threshold: f64, window: u32) -> Self {
         Self {
             threshold,
             window: window.max(1),
@@ -23,7 +23,7 @@ impl DyingAlert {
 
     /// Feeds the probe of step `step`; returns the alert when this probe completes a window
     /// above the threshold (once per streak: again only after the fraction came back down).
-    pub(super) fn observe(&mut self, step: u64, dead_fraction: f64) -> Option<String> {
+    pub(crate) fn observe(&mut self, step: u64, dead_fraction: f64) -> Option<String> {
         if dead_fraction <= self.threshold {
             self.streak = None;
             return None;

@@ -34,6 +34,7 @@ use crate::service::{self, RunContext};
 use crate::store::{Store, hostname};
 use crate::tensorboard::EventWriter;
 
+pub(crate) use self::dying::DyingAlert;
 use self::evaluate::prepare_eval;
 pub use self::evaluate::{EvalRequest, Weights};
 use self::monitor::Monitor;

@@ -16,7 +16,7 @@ use incept_common::config;
 use tokio::process::Command;
 use tokio::task::JoinSet;
 
-use plan::{Arm, Sweep};
+pub(crate) use plan::{Arm, Sweep};
 
 use crate::dashboard;
 use crate::run::{DATABASE, Signals};
@@ -97,14 +97,9 @@ fn print_plan(
             Ok(config::flatten(&exp.to_toml()))
         })
         .collect::<anyhow::Result<_>>()?;
-    let keys: Vec<&String> = resolved[0]
-        .keys()
-        .filter(|key| {
-            key.as_str() != "run.name"
-                && resolved
-                    .iter()
-                    .any(|values| values.get(*key) != resolved[0].get(*key))
-        })
+    let keys: Vec<&String> = config::differing_keys(&resolved.iter().collect::<Vec<_>>())
+        .into_iter()
+        .filter(|key| key.as_str() != "run.name")
         .collect();
     println!(
         "sweep {} (profile {profile}): {} arms",

@@ -59,6 +59,8 @@ pub struct Arm {
     /// `STUDY-PROFILE-AXISLEVEL…-sSEED`: a run id, stable across reruns, so a sweep finds
     /// its finished and interrupted arms in the state directory.
     pub run_id: String,
+    /// (axis, level) of each axis: the arm without its seed, as `compare` groups it.
+    pub levels: Vec<(String, String)>,
     pub seed: u64,
     /// The experiment the arm starts from.
     pub experiment: PathBuf,
@@ -167,6 +169,7 @@ impl Sweep {
                 ));
                 arms.push(Arm {
                     run_id,
+                    levels: named,
                     seed,
                     experiment: self.dir.join(&chosen.experiment),
                     overrides,
@@ -246,6 +249,13 @@ levels = [{ name = "none", set = { "train.schedule.warmup" = "none" } },
         let ids: Vec<&str> = arms.iter().map(|a| a.run_id.as_str()).collect();
         assert_eq!(ids[0], "study-small-scale1.0-warmupnone-s3");
         assert_eq!(ids[7], "study-small-scale0.1-warmuplinear-s5");
+        assert_eq!(
+            arms[7].levels,
+            [
+                ("scale".into(), "0.1".into()),
+                ("warmup".into(), "linear".into())
+            ]
+        );
         let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
         assert_eq!(unique.len(), 8);
         assert_eq!(
