@@ -77,11 +77,9 @@ pub fn open_dataset(exp: &mut Experiment) -> anyhow::Result<Arc<dyn Source>> {
     let source = data::open(exp)?;
     if exp.data.source != DataSource::Synthetic {
         exp.data.train_samples = source.len(Split::Train) as usize;
-        let validation = source.len(Split::Validation) as usize;
-        exp.data.val_samples = match exp.data.val_limit {
-            0 => validation,
-            limit => limit.min(validation),
-        };
+        exp.data.val_samples = exp
+            .data
+            .validation_images(source.len(Split::Validation) as usize);
         if let Err(problems) = check(exp) {
             anyhow::bail!(
                 "the dataset at {} does not fit the experiment:\n{problems}",

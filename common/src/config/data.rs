@@ -193,4 +193,13 @@ impl DataSection {
             DataSource::Imagenet | DataSource::Tfrecord => self.path.clone(),
         }
     }
+
+    /// How many of a dataset's `available` validation images a run evaluates: all of them, or
+    /// the first `val_limit`.
+    pub fn validation_images(&self, available: usize) -> usize {
+        match self.val_limit {
+            0 => available,
+            limit => limit.min(available),
+        }
+    }
 }

@@ -145,12 +145,16 @@ impl<B: TrainBackend> Replica<B> {
         device: B::Device,
     ) -> anyhow::Result<Self> {
         let source = data::open(exp)?;
-        let counts = (source.len(Split::Train), source.len(Split::Validation));
+        let counts = (
+            source.len(Split::Train),
+            exp.data
+                .validation_images(source.len(Split::Validation) as usize) as u64,
+        );
         let planned = (exp.data.train_samples as u64, exp.data.val_samples as u64);
         if counts != planned {
             bail!(
-                "the dataset has {} training and {} validation images, the run was planned for {} \
-                 and {} (did the data at {:?} change since launch?)",
+                "the dataset has {} training and {} validation images (up to data.val_limit), the \
+                 run was planned for {} and {} (did the data at {:?} change since launch?)",
                 counts.0,
                 counts.1,
                 planned.0,
