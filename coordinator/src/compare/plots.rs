@@ -115,6 +115,7 @@ impl Figure {
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
             .x_labels(6)
+            .x_label_formatter(&|step| format!("{step:.0}"))
             .y_labels(6)
             .light_line_style(WHITE.mix(0.0))
             .label_style(("sans-serif", 11))
