@@ -77,13 +77,19 @@ levels = [{ name = "1.0", set = { "model.residual_scale" = 1.0 } },
           { name = "0.1", set = { "model.residual_scale" = 0.1 } }]
 "#;
 
-#[test]
-fn an_interrupted_sweep_is_rerun_without_repeating_finished_work() {
-    let fx = Fixture::new(TINY);
+/// The tiny sweep's folder (TINY_SWEEP beside the fixture's experiment) in the fixture's dir.
+fn tiny_study(fx: &Fixture) -> std::path::PathBuf {
     let study = fx.dir.path().join("tiny_study");
     std::fs::create_dir(&study).unwrap();
     std::fs::write(study.join("arms.toml"), TINY_SWEEP).unwrap();
     std::fs::copy(fx.experiment(), study.join("exp.toml")).unwrap();
+    study
+}
+
+#[test]
+fn an_interrupted_sweep_is_rerun_without_repeating_finished_work() {
+    let fx = Fixture::new(TINY);
+    let study = tiny_study(&fx);
     let study = study.to_str().unwrap();
     let (first, second) = ("tiny_study-tiny-scale1.0-s1", "tiny_study-tiny-scale0.1-s1");
 
@@ -181,10 +187,7 @@ fn an_interrupted_sweep_is_rerun_without_repeating_finished_work() {
 #[test]
 fn compare_reports_the_arms_of_a_sweep_with_the_databases_numbers() {
     let fx = Fixture::new(TINY);
-    let study = fx.dir.path().join("tiny_study");
-    std::fs::create_dir(&study).unwrap();
-    std::fs::write(study.join("arms.toml"), TINY_SWEEP).unwrap();
-    std::fs::copy(fx.experiment(), study.join("exp.toml")).unwrap();
+    let study = tiny_study(&fx);
     let study = study.to_str().unwrap();
     let out = run_with_limit(sweep(&fx, &[study]), Duration::from_secs(300));
     assert!(out.status.success(), "{}", text(&out.stderr));
