@@ -71,15 +71,16 @@ pub fn required_paths(exp: &Experiment) -> Vec<(&'static str, PathBuf)> {
 }
 
 /// Opens the dataset and fixes the experiment's sample counts to it (file-backed sources), so
-/// that steps per epoch and the run length are those of the real data (the validation images
-/// capped at `data.val_limit`); checks the result.
+/// that steps per epoch and the run length are those of the real data; caps the validation
+/// images at `data.val_limit` (every source: a worker checks the count it opens against this);
+/// checks the result.
 pub fn open_dataset(exp: &mut Experiment) -> anyhow::Result<Arc<dyn Source>> {
     let source = data::open(exp)?;
+    exp.data.val_samples = exp
+        .data
+        .validation_images(source.len(Split::Validation) as usize);
     if exp.data.source != DataSource::Synthetic {
         exp.data.train_samples = source.len(Split::Train) as usize;
-        exp.data.val_samples = exp
-            .data
-            .validation_images(source.len(Split::Validation) as usize);
         if let Err(problems) = check(exp) {
             anyhow::bail!(
                 "the dataset at {} does not fit the experiment:\n{problems}",
@@ -147,6 +148,11 @@ mod tests {
                 (5, expected)
             );
         }
+        // The synthetic source's split is its own setting; the limit caps it the same way.
+        let mut exp = Experiment::default();
+        exp.data.val_limit = 100;
+        open_dataset(&mut exp).unwrap();
+        assert_eq!(exp.data.val_samples, 100);
     }
 
     #[test]

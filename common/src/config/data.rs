@@ -34,9 +34,8 @@ pub struct DataSection {
     pub train_samples: usize,
     /// Held-out validation images (synthetic; file-backed sources: set from the dataset).
     pub val_samples: usize,
-    /// File-backed sources: evaluate on the first this many validation images only (0 = all
-    /// of them), e.g. a study whose many short runs would spend most of their time in the
-    /// final evaluation.
+    /// Evaluate on the first this many validation images only (0 = all of them), e.g. a study
+    /// whose many short runs would spend most of their time in the final evaluation.
     pub val_limit: usize,
     /// Synthetic source: standard deviation of the pixel noise (signal amplitude is 1).
     pub noise: f64,
