@@ -79,12 +79,15 @@ fn figures_of(arms: &[Arm]) -> Vec<(&'static str, Figure)> {
             })
             .collect::<Vec<_>>()
     };
-    let figure = |title: &str, y_label: &str, curves: &[Vec<(f64, f64, f64, f64)>]| Figure {
+    let figure_of_panels = |title: &str, y_label: &str, panels: Vec<Panel>| Figure {
         title: title.into(),
         x_label: "step".into(),
         y_label: y_label.into(),
         columns: facets.titles.len(),
-        panels: facets.panels(curves, ""),
+        panels,
+    };
+    let figure = |title: &str, y_label: &str, curves: &[Vec<(f64, f64, f64, f64)>]| {
+        figure_of_panels(title, y_label, facets.panels(curves, ""))
     };
     let mut out = Vec::new();
     let loss = per_arm(&|_, o| o.smoothed_loss.clone());
@@ -132,13 +135,11 @@ fn figures_of(arms: &[Arm]) -> Vec<(&'static str, Figure)> {
     if !ratio_panels.is_empty() {
         out.push((
             "ratio",
-            Figure {
-                title: "‖scale·residual‖ / ‖shortcut‖ per residual stage".into(),
-                x_label: "step".into(),
-                y_label: "ratio".into(),
-                columns: facets.titles.len(),
-                panels: ratio_panels,
-            },
+            figure_of_panels(
+                "‖scale·residual‖ / ‖shortcut‖ per residual stage",
+                "ratio",
+                ratio_panels,
+            ),
         ));
     }
     out
