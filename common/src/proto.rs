@@ -14,3 +14,6 @@ pub mod tensorflow {
 
 /// Metadata key carrying the run's join token on every RPC.
 pub const TOKEN_METADATA_KEY: &str = "x-incept-token";
+
+/// Metadata key carrying, on every RPC after `Join`, the member key of the worker's assignment.
+pub const MEMBER_METADATA_KEY: &str = "x-incept-member";

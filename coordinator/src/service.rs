@@ -10,14 +10,15 @@ use incept_common::collective::NCCL_ID_BYTES;
 use incept_common::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use incept_common::proto::{
     Ack, Assignment, CheckpointReport, DataPlan, EvaluationReport, HeartbeatReply,
-    HeartbeatRequest, JoinRequest, MetricsReport, StepMetrics, TOKEN_METADATA_KEY, WorkerResult,
+    HeartbeatRequest, JoinRequest, MEMBER_METADATA_KEY, MetricsReport, StepMetrics,
+    TOKEN_METADATA_KEY, WorkerResult,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::rendezvous::Rendezvous;
+use crate::rendezvous::{Joiner, Rendezvous, constant_time_eq};
 
 /// What workers tell the coordinator, in arrival order.
 #[derive(Debug)]
@@ -42,22 +43,27 @@ pub enum Event {
     Evaluation(EvaluationReport),
     Checkpoint(CheckpointReport),
     Finished(WorkerResult),
-    /// A request without the run's join token, from `peer` (recorded: someone is knocking).
+    /// A request without the run's join token or a valid member key, from `peer` (recorded:
+    /// someone is knocking, or a stale worker is calling).
     Rejected {
         peer: String,
         reason: String,
     },
 }
 
-/// Everything the handlers of one run need.
+/// Everything the handlers of one generation of a run need.
 pub struct RunContext {
     pub run_id: String,
+    /// The generation: 0 at launch, one more each time the group re-forms.
+    pub generation: u32,
     pub experiment_toml: String,
     pub world_size: u32,
     pub total_steps: u64,
     pub heartbeat_interval_ms: u32,
     /// How long a worker goes on without an answered heartbeat before it stops.
     pub heartbeat_timeout_s: u32,
+    /// How long a worker tries to join again after its coordinator or generation is lost.
+    pub reconnect_timeout_s: u32,
     pub checkpoint_dir: String,
     /// Checkpoint the run continues from (empty: fresh start).
     pub resume_from: String,
@@ -65,8 +71,11 @@ pub struct RunContext {
     pub join_timeout: Duration,
     pub rendezvous: Rendezvous,
     pub events: UnboundedSender<Event>,
-    /// Set when the run is stopping; heartbeats then tell workers to stop.
+    /// Set when the generation is ending; heartbeats then tell workers to stop, or, with
+    /// `regroup`, to join the next generation.
     pub stopping: AtomicBool,
+    /// Set (before `stopping`) when the generation ends and the run goes on in a new one.
+    pub regroup: AtomicBool,
     /// Set when a signal asks the run to stop: heartbeats then ask rank 0 for a checkpoint first.
     pub checkpoint_now: AtomicBool,
 }
@@ -133,19 +142,47 @@ fn check_evaluation(eval: &EvaluationReport) -> Result<(), Status> {
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl CoordinatorService {
-    fn check_rank(&self, rank: u32) -> Result<(), Status> {
-        if rank < self.run.world_size {
-            Ok(())
+    /// Checks that the caller holds a seat of this generation (its member key) and that the
+    /// rank its message `claimed` is that seat's; a refusal is recorded as a rejection.
+    fn check_member<T>(&self, request: &Request<T>, claimed: u32) -> Result<(), Status> {
+        let key = request
+            .metadata()
+            .get(MEMBER_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let refusal = match self.run.rendezvous.rank_of(key) {
+            Some(rank) if rank == claimed => return Ok(()),
+            Some(rank) => Status::permission_denied(format!(
+                "a message for rank {claimed} from the worker of rank {rank}: a worker speaks \
+                 for its own rank only"
+            )),
+            None => Status::failed_precondition(format!(
+                "not a member of generation {} of run {} (a stale or unknown member key): join \
+                 again",
+                self.run.generation, self.run.run_id
+            )),
+        };
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".into(), |addr| addr.to_string());
+        let _ = self.run.events.send(Event::Rejected {
+            peer,
+            reason: refusal.message().to_string(),
+        });
+        Err(refusal)
+    }
+
+    /// Why a generation that is ending takes no more joins: the next one will (join again),
+    /// or the run has ended.
+    fn ending(&self) -> Status {
+        if self.run.regroup.load(Ordering::Relaxed) {
+            Status::unavailable(format!(
+                "generation {} of run {} has ended and the group is re-forming: join again",
+                self.run.generation, self.run.run_id
+            ))
         } else {
-            Err(Status::invalid_argument(format!(
-                "rank {rank} is out of range for world size {}",
-                self.run.world_size
-            )))
+            Status::aborted(format!("run {} has ended", self.run.run_id))
         }
     }
 
@@ -188,11 +225,16 @@ impl Coordinator for CoordinatorService {
                 request.nccl_id.len()
             )));
         }
-        let rank = self.run.rendezvous.register(
-            request.ring_addr.clone(),
-            request.nccl_id.clone(),
-            request.rank_hint,
-        )?;
+        if self.run.stopping.load(Ordering::Relaxed) {
+            return Err(self.ending());
+        }
+        let seat = self.run.rendezvous.register(Joiner {
+            worker_id: request.worker_id.clone(),
+            ring_addr: request.ring_addr.clone(),
+            nccl_id: request.nccl_id.clone(),
+            hint: request.rank_hint,
+        })?;
+        let rank = seat.rank;
         // Dropped with this call when the worker goes away while held: its rank is freed.
         let held = HeldRank {
             run: &self.run,
@@ -207,6 +249,9 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Assignment {
             run_id: self.run.run_id.clone(),
             rank,
+            generation: self.run.generation,
+            member_key: seat.member_key,
+            reconnect_timeout_s: self.run.reconnect_timeout_s,
             world_size: self.run.world_size,
             peers: roster.peers.clone(),
             nccl_id: roster.nccl_id.clone(),
@@ -224,25 +269,31 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        self.check_member(&request, request.get_ref().rank)?;
         let HeartbeatRequest {
             rank, evaluated, ..
         } = request.into_inner();
-        self.check_rank(rank)?;
-        // Once the run ends nobody follows its events, but its workers must still hear it.
-        let stop = self.run.stopping.load(Ordering::Relaxed);
-        if !stop {
+        // Once the generation ends nobody follows its events, but its workers must still hear
+        // whether to stop or to join the next one.
+        let ending = self.run.stopping.load(Ordering::Relaxed);
+        let regroup = ending && self.run.regroup.load(Ordering::Relaxed);
+        if !ending {
             self.emit(Event::Heartbeat { rank, evaluated })?;
         }
         let checkpoint = self.run.checkpoint_now.load(Ordering::Relaxed);
-        Ok(Response::new(HeartbeatReply { stop, checkpoint }))
+        Ok(Response::new(HeartbeatReply {
+            stop: ending && !regroup,
+            checkpoint,
+            regroup,
+        }))
     }
 
     async fn report_metrics(
         &self,
         request: Request<MetricsReport>,
     ) -> Result<Response<Ack>, Status> {
+        self.check_member(&request, request.get_ref().rank)?;
         let MetricsReport { rank, steps } = request.into_inner();
-        self.check_rank(rank)?;
         if let Some(bad) = steps
             .iter()
             .find(|m| m.step == 0 || m.step > self.run.total_steps)
@@ -260,8 +311,8 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<CheckpointReport>,
     ) -> Result<Response<Ack>, Status> {
+        self.check_member(&request, request.get_ref().rank)?;
         let report = request.into_inner();
-        self.check_rank(report.rank)?;
         if report.step == 0 || report.step > self.run.total_steps || report.path.is_empty() {
             return Err(Status::invalid_argument(format!(
                 "checkpoint of step {} at {:?} is out of range or unnamed",
@@ -276,16 +327,16 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<EvaluationReport>,
     ) -> Result<Response<Ack>, Status> {
+        self.check_member(&request, request.get_ref().rank)?;
         let report = request.into_inner();
-        self.check_rank(report.rank)?;
         check_evaluation(&report)?;
         self.emit(Event::Evaluation(report))?;
         Ok(Response::new(Ack {}))
     }
 
     async fn report_result(&self, request: Request<WorkerResult>) -> Result<Response<Ack>, Status> {
+        self.check_member(&request, request.get_ref().rank)?;
         let result = request.into_inner();
-        self.check_rank(result.rank)?;
         match &result.evaluation {
             Some(eval) => check_evaluation(eval)?,
             None if result.error.is_empty() => {

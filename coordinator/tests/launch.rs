@@ -1,10 +1,9 @@
 //! End-to-end tests: the real `coordinator` binary launching real `worker` processes that train
 //! over real sockets and report over gRPC into a real SQLite file.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -160,107 +159,6 @@ fn environment_and_set_overrides_apply_in_order() {
     assert!(stdout.contains("accumulate = 3"), "{stdout}");
 }
 
-/// A running `coordinator launch` whose stdout and stderr lines arrive on one channel.
-struct Launched {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Launched {
-    fn spawn(fx: &Fixture) -> Self {
-        Self::spawn_with(fx, &[])
-    }
-
-    /// [`Launched::spawn`] with more `launch` flags.
-    fn spawn_with(fx: &Fixture, flags: &[&str]) -> Self {
-        let mut cmd = fx.coordinator(&["launch"]);
-        cmd.arg(fx.experiment())
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        forward_lines(stdout, tx.clone());
-        forward_lines(stderr, tx);
-        Self { child, lines }
-    }
-
-    /// The `worker` command its coordinator prints for external workers
-    /// ("  worker --coordinator <url> --token-file <run folder>/token").
-    fn worker_command(&self) -> Command {
-        let hint = self.wait_for_line("--token-file");
-        let words: Vec<&str> = hint.split_whitespace().collect();
-        assert_eq!(words[0], "worker", "{hint}");
-        let mut worker = Command::new(worker_bin());
-        worker.args(&words[1..]);
-        worker.stdout(Stdio::null());
-        worker
-    }
-
-    /// The run's id, from the line that announces it ("run <id>: … coordinator at <url>").
-    fn run_id(&self) -> String {
-        let line = self.wait_for_line("coordinator at");
-        let id = line.split_whitespace().nth(1).expect("run <id>: …");
-        id.trim_end_matches(':').to_string()
-    }
-
-    /// Waits up to a minute for an output line containing `needle`; returns it.
-    fn wait_for_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(err) => panic!("no line containing {needle:?}: {err}"),
-            }
-        }
-    }
-}
-
-fn forward_lines(stream: impl std::io::Read + Send + 'static, tx: Sender<String>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-}
-
-fn interrupt_and_wait(child: Child, limit: Duration) -> std::process::ExitStatus {
-    signal_and_wait(child, "INT", limit)
-}
-
-/// Sends `signal` (a `kill` name: INT, TERM, HUP, KILL) and waits for the process to exit.
-fn signal_and_wait(mut child: Child, signal: &str, limit: Duration) -> std::process::ExitStatus {
-    Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    wait_for_exit(
-        &mut child,
-        limit,
-        &format!("the coordinator after SIG{signal}"),
-    )
-}
-
-/// Waits for `child` to exit; past `limit` kills it and fails, saying `what` did not end.
-fn wait_for_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("{what} did not end within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The worker processes a run's database lists.
 fn worker_pids(fx: &Fixture) -> Vec<i64> {
     let db = fx.db();
@@ -270,14 +168,6 @@ fn worker_pids(fx: &Fixture) -> Vec<i64> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
-}
-
-/// Whether process `pid` still runs (a zombie waiting for its parent does not).
-fn is_running(pid: i64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 /// Waits until none of `pids` runs, failing after `limit`.
@@ -528,7 +418,7 @@ fn a_worker_killed_at_a_random_step_is_replaced_and_the_run_ends_as_if_nothing_h
         launched.wait_for_line("rank 1 joined");
         wait_for_step(&fx, step);
         kill_rank(&fx, rank);
-        let restart = launched.wait_for_line("restarting the workers from step");
+        let restart = launched.wait_for_line("the group re-forms from step");
         let status = wait_for_exit(
             &mut launched.child,
             Duration::from_secs(300),
@@ -692,7 +582,7 @@ fn an_external_worker_stops_when_its_coordinator_is_lost() {
     let fx = Fixture::new(
         &format!(
             "{}\n[cluster]\nlauncher = \"external\"\nworld_size = 1\nheartbeat_interval_ms = 200\n\
-             heartbeat_timeout_s = 2\n",
+             heartbeat_timeout_s = 2\nreconnect_timeout_s = 3\n",
             TINY.replace("epochs = 2", "epochs = 1000")
         )
         .replace(
@@ -1204,7 +1094,7 @@ fn a_dataset_in_which_nothing_decodes_fails_the_run() {
     // The same cause in every generation: the run fails once the restarts are spent.
     assert!(stderr.contains("after 3 restarts"), "{stderr}");
     assert_eq!(
-        stderr.matches("restarting the workers from step 0").count(),
+        stderr.matches("the group re-forms from step 0").count(),
         3,
         "{stderr}"
     );
@@ -1213,4 +1103,171 @@ fn a_dataset_in_which_nothing_decodes_fails_the_run() {
         .query_row("SELECT status FROM runs", [], |r| r.get(0))
         .unwrap();
     assert_eq!(status, "failed");
+}
+
+/// [`checkpointed`] with external workers, which the test starts: `worker` as a user runs it.
+fn external(experiment: &str) -> String {
+    experiment.replace("[cluster]\n", "[cluster]\nlauncher = \"external\"\n")
+}
+
+/// Starts a worker with the command `launch` printed, its stderr lines on a channel.
+fn start_worker(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    // One compute thread, as the local launcher gives its workers: the same arithmetic.
+    let mut worker = command
+        .env("RAYON_NUM_THREADS", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    forward_lines(worker.stderr.take().unwrap(), tx);
+    (worker, lines)
+}
+
+/// A free TCP port on the loopback interface (free when this returns).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn external_survivors_rejoin_by_themselves_and_a_lost_worker_is_replaced_by_running_worker_again() {
+    let expected = &uninterrupted().losses;
+    let fx = Fixture::new(&external(&checkpointed()));
+    let mut launched = Launched::spawn(&fx);
+    let mut command = launched.worker_command();
+    let mut workers: Vec<Child> = (0..2).map(|_| start_worker(&mut command).0).collect();
+    launched.wait_for_line("rank 1 joined");
+    wait_for_step(&fx, 20);
+    let lost = rank_pid(&fx, 0);
+    kill_rank(&fx, 0);
+    let failed = launched.wait_for_line("generation 0 failed: ");
+    assert!(failed.contains("rank 0 stopped responding"), "{failed}");
+    // The survivor joins generation 1 by itself; a replacement is started as a user would.
+    launched.wait_for_line("generation 1: waiting for 2 workers");
+    workers.push(start_worker(&mut command).0);
+    let status = wait_for_exit(
+        &mut launched.child,
+        Duration::from_secs(300),
+        "the re-formed run",
+    );
+    assert!(status.success());
+    for worker in workers.iter_mut().filter(|w| i64::from(w.id()) != lost) {
+        // The survivor trained on in the same process it started in.
+        assert!(wait_for_exit(worker, Duration::from_secs(30), "a worker").success());
+    }
+    // Every step done once, each with the uninterrupted run's loss.
+    assert_eq!(&losses(&fx), expected);
+}
+
+/// The process id the run database lists for `rank`.
+fn rank_pid(fx: &Fixture, rank: u32) -> i64 {
+    fx.db()
+        .query_row("SELECT pid FROM workers WHERE rank = ?1", [rank], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_group_that_loses_a_worker_for_good_goes_on_with_min_workers_keeping_the_global_batch() {
+    // 3 workers × batch 8 × accumulate 2 = 48 images a step, 24 steps; at least 2 workers.
+    let fx = Fixture::new(&external(
+        &(TINY
+            .replace("epochs = 2", "epochs = 3")
+            .replace("batch_size = 8", "batch_size = 8\naccumulate = 2")
+            .replace(
+                "[cluster]\nworld_size = 2\n",
+                "[cluster]\nworld_size = 3\nmin_workers = 2\nrejoin_timeout_s = 2\n",
+            )
+            + "[checkpoint]\nevery_steps = 4\n"),
+    ));
+    let mut launched = Launched::spawn(&fx);
+    let mut command = launched.worker_command();
+    let mut workers: Vec<Child> = (0..3).map(|_| start_worker(&mut command).0).collect();
+    launched.wait_for_line("rank 2 joined");
+    wait_for_step(&fx, 6);
+    let lost = rank_pid(&fx, 2);
+    kill_rank(&fx, 2);
+    let shrunk = launched.wait_for_line("goes on with them");
+    assert!(
+        shrunk.contains("2 of 3 workers joined") && shrunk.contains("train.accumulate 2 -> 3"),
+        "{shrunk}"
+    );
+    let status = wait_for_exit(
+        &mut launched.child,
+        Duration::from_secs(300),
+        "the run that went on smaller",
+    );
+    assert!(status.success());
+    for worker in workers.iter_mut().filter(|w| i64::from(w.id()) != lost) {
+        assert!(wait_for_exit(worker, Duration::from_secs(30), "a survivor").success());
+    }
+    let steps: Vec<i64> = losses(&fx).into_iter().map(|(step, _)| step).collect();
+    assert_eq!(steps, (1..=24).collect::<Vec<_>>(), "every step done once");
+    let recorded: String = fx
+        .db()
+        .query_row(
+            "SELECT message FROM events WHERE message LIKE '%goes on with them%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        recorded.contains("keeps the global batch of 48 images"),
+        "{recorded}"
+    );
+}
+
+#[test]
+fn a_resumed_coordinator_takes_back_the_external_workers_of_a_killed_one() {
+    let port = free_port();
+    let fx = Fixture::new(&external(&checkpointed()).replace(
+        "[cluster]\n",
+        &format!(
+            "[cluster]\nbind = \"127.0.0.1:{port}\"\nheartbeat_timeout_s = 2\n\
+             reconnect_timeout_s = 120\n"
+        ),
+    ));
+    let launched = Launched::spawn(&fx);
+    let run_id = launched.run_id();
+    let mut command = launched.worker_command();
+    let mut workers = [start_worker(&mut command), start_worker(&mut command)];
+    launched.wait_for_line("checkpoint step 16 committed");
+    let status = signal_and_wait(launched.child, "KILL", Duration::from_secs(15));
+    assert_eq!(status.code(), None);
+    // Both workers notice (within the heartbeat timeout, or when their result finds no
+    // coordinator) and keep asking to join.
+    for (_, lines) in &workers {
+        let mut seen = Vec::new();
+        let noticed = lines.iter().any(|line| {
+            seen.push(line.clone());
+            line.contains("joining the run again")
+        });
+        assert!(
+            noticed,
+            "the worker notices its coordinator is gone:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    let mut cmd = fx.coordinator(&["launch", "--resume", &run_id]);
+    cmd.current_dir(fx.dir.path());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for (worker, _) in &mut workers {
+        assert!(
+            wait_for_exit(worker, Duration::from_secs(30), "a worker taken back").success(),
+            "the same worker processes finished the run"
+        );
+    }
+    let steps: Vec<i64> = losses(&fx).into_iter().map(|(step, _)| step).collect();
+    assert_eq!(
+        steps,
+        (1..=72).collect::<Vec<_>>(),
+        "every step recorded once"
+    );
 }

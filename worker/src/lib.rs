@@ -85,25 +85,44 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Some(host) => host.clone(),
         None => address_towards(&args.coordinator)?.to_string(),
     };
-    let listener = TcpListener::bind((listen_host.as_str(), 0))
-        .map_err(|e| anyhow::anyhow!("binding the ring listener on {listen_host}: {e}"))?;
-    let ring_addr = listener.local_addr()?;
-    let rank_hint = match args.rank_hint {
+    let mut rank_hint = match args.rank_hint {
         Some(rank) => Some(rank),
         None => rank_hint_from(|var| std::env::var(var).ok())?,
     };
     let mut session =
         session::Session::connect(&args.coordinator, &token, args.connect_attempts).await?;
-    let assignment = session
-        .join(ring_addr, communicator::nccl_id_for_join(), rank_hint)
-        .await?;
-    tracing::info!(
-        run = %assignment.run_id,
-        rank = assignment.rank,
-        world_size = assignment.world_size,
-        "joined"
-    );
-    session.train(assignment, listener).await
+    // Set once a generation this worker trained in ended: join the next one by then.
+    let mut rejoin_by = None;
+    loop {
+        // A fresh listener each generation: the last one's ring may still hold the old port.
+        let listener = TcpListener::bind((listen_host.as_str(), 0))
+            .map_err(|e| anyhow::anyhow!("binding the ring listener on {listen_host}: {e}"))?;
+        let ring_addr = listener.local_addr()?;
+        let assignment = session
+            .join(
+                ring_addr,
+                communicator::nccl_id_for_join(),
+                rank_hint,
+                rejoin_by,
+            )
+            .await?;
+        tracing::info!(
+            run = %assignment.run_id,
+            generation = assignment.generation,
+            rank = assignment.rank,
+            world_size = assignment.world_size,
+            "joined"
+        );
+        // Asking for the same rank again keeps rank 0 (which writes the checkpoints) in place.
+        rank_hint = Some(assignment.rank);
+        match session.train(assignment, listener).await? {
+            session::Ended::Finished => return Ok(()),
+            session::Ended::Rejoin { reason, within } => {
+                tracing::warn!(%reason, within_s = within.as_secs(), "joining the run again");
+                rejoin_by = Some(std::time::Instant::now() + within);
+            }
+        }
+    }
 }
 
 /// The join token: from `--token-file`, else `--token` / `INCEPT_TOKEN`.

@@ -1,5 +1,6 @@
 //! The worker's side of the coordinator protocol: connect with bounded retries, join,
-//! heartbeat, stream metrics, report the result.
+//! heartbeat, stream metrics, report the result; join again when the group re-forms or the
+//! coordinator comes back.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use incept_common::proto::coordinator_client::CoordinatorClient;
 use incept_common::proto::{
-    Assignment, HeartbeatRequest, JoinRequest, MetricsReport, StepMetrics, TOKEN_METADATA_KEY,
-    WorkerResult,
+    Assignment, HeartbeatRequest, JoinRequest, MEMBER_METADATA_KEY, MetricsReport, StepMetrics,
+    TOKEN_METADATA_KEY, WorkerResult,
 };
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
@@ -20,31 +21,55 @@ use tonic::{Code, Request, Status};
 
 use crate::training::{self, Progress, Report, evaluation_report};
 
-type Client = CoordinatorClient<InterceptedService<Channel, TokenInterceptor>>;
+type Client = CoordinatorClient<InterceptedService<Channel, Credentials>>;
+type Ascii = MetadataValue<tonic::metadata::Ascii>;
 
-/// Adds the join token to every request.
+/// Adds the join token to every request, and, once the worker holds a seat, its member key.
 #[derive(Clone)]
-pub struct TokenInterceptor(MetadataValue<tonic::metadata::Ascii>);
+pub struct Credentials {
+    token: Ascii,
+    member: Option<Ascii>,
+}
 
-impl Interceptor for TokenInterceptor {
+impl Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(TOKEN_METADATA_KEY, self.0.clone());
+        let metadata = request.metadata_mut();
+        metadata.insert(TOKEN_METADATA_KEY, self.token.clone());
+        if let Some(member) = &self.member {
+            metadata.insert(MEMBER_METADATA_KEY, member.clone());
+        }
         Ok(request)
     }
 }
 
 /// A connection to the coordinator of one run.
 pub struct Session {
-    client: Client,
+    channel: Channel,
+    token: Ascii,
     url: String,
+    /// Step metrics no coordinator acknowledged (it was down), with the rank they are of:
+    /// sent once the worker has joined again with that rank, so no step goes unrecorded.
+    unsent: Option<(u32, Vec<StepMetrics>)>,
+}
+
+/// The most undelivered step metrics a worker keeps for a coordinator that comes back (days
+/// of steps at one a second; the oldest are dropped beyond).
+const MAX_UNSENT_STEPS: usize = 1 << 20;
+
+/// How a worker's part in one generation ended, when the worker has more to do.
+pub enum Ended {
+    /// The run is over for this worker: it succeeded.
+    Finished,
+    /// The generation ended (a peer was lost, or the coordinator): join again, within the
+    /// assignment's `reconnect_timeout_s`.
+    Rejoin { reason: String, within: Duration },
 }
 
 impl Session {
     /// Connects, retrying with exponential backoff (0.25 s doubling to 4 s) `attempts` times.
     pub async fn connect(url: &str, token: &str, attempts: u32) -> anyhow::Result<Self> {
-        let token = MetadataValue::try_from(token).context("the join token is not valid ASCII")?;
+        let token: Ascii =
+            MetadataValue::try_from(token).context("the join token is not valid ASCII")?;
         let endpoint = Endpoint::from_shared(url.to_string())
             .with_context(|| format!("invalid coordinator address {url:?}"))?
             .connect_timeout(Duration::from_secs(5));
@@ -54,11 +79,10 @@ impl Session {
             match endpoint.connect().await {
                 Ok(channel) => {
                     return Ok(Self {
-                        client: CoordinatorClient::with_interceptor(
-                            channel,
-                            TokenInterceptor(token),
-                        ),
+                        channel,
+                        token,
                         url: url.to_string(),
+                        unsent: None,
                     });
                 }
                 Err(err) => {
@@ -74,13 +98,27 @@ impl Session {
         bail!("could not reach the coordinator at {url} after {attempts} attempts: {last_error}")
     }
 
+    /// A client that speaks as this worker: its token, and its seat's member key once it has
+    /// one.
+    fn client(&self, member: Option<Ascii>) -> Client {
+        let credentials = Credentials {
+            token: self.token.clone(),
+            member,
+        };
+        CoordinatorClient::with_interceptor(self.channel.clone(), credentials)
+    }
+
     /// Joins the run; returns once every rank has joined. `nccl_id` is this worker's offer of
     /// the run's NCCL unique id (empty when it has none); `rank_hint` the rank it asks for.
+    /// With `retry_until`, a coordinator that is unreachable, between generations, or busy
+    /// with a generation that has not ended yet is asked again (backing off up to 4 s) until
+    /// then; only the run's end or a rejected token stops it sooner.
     pub async fn join(
         &mut self,
         ring_addr: std::net::SocketAddr,
         nccl_id: Vec<u8>,
         rank_hint: Option<u32>,
+        retry_until: Option<Instant>,
     ) -> anyhow::Result<Assignment> {
         let request = JoinRequest {
             worker_id: format!("{}-{}", hostname(), std::process::id()),
@@ -90,33 +128,58 @@ impl Session {
             nccl_id,
             rank_hint,
         };
-        match self.client.join(request).await {
-            Ok(reply) => Ok(reply.into_inner()),
-            Err(status) if status.code() == Code::Unauthenticated => bail!(
-                "the coordinator at {} rejected the join token: {}",
-                self.url,
-                status.message()
-            ),
-            Err(status) => bail!(
-                "joining the run at {} failed: {}",
-                self.url,
-                status.message()
-            ),
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let status = match self.client(None).join(request.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => status,
+            };
+            match status.code() {
+                Code::Unauthenticated => bail!(
+                    "the coordinator at {} rejected the join token: {}",
+                    self.url,
+                    status.message()
+                ),
+                Code::Aborted => bail!("{}", status.message()),
+                _ => {}
+            }
+            match retry_until {
+                Some(deadline) if Instant::now() + delay < deadline => {
+                    tracing::info!(reason = %status.message(), "joining again shortly");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(4));
+                }
+                Some(_) => bail!(
+                    "no coordinator at {} took this worker back in time (cluster.\
+                     reconnect_timeout_s); last answer: {}",
+                    self.url,
+                    status.message()
+                ),
+                None => bail!(
+                    "joining the run at {} failed: {}",
+                    self.url,
+                    status.message()
+                ),
+            }
         }
     }
 
     /// Trains on a blocking thread while heartbeats and metrics flow to the coordinator; reports
-    /// the outcome either way.
+    /// the outcome either way. An error means the run is over for this worker and it failed.
     pub async fn train(
-        mut self,
+        &mut self,
         assignment: Assignment,
         listener: std::net::TcpListener,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Ended> {
         let rank = assignment.rank;
+        let member = MetadataValue::try_from(assignment.member_key.as_str())
+            .context("the coordinator's member key is not valid ASCII")?;
+        let mut client = self.client(Some(member));
+        let rejoin_within = Duration::from_secs(u64::from(assignment.reconnect_timeout_s.max(1)));
         let progress = Arc::new(Progress::default());
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let heartbeat = tokio::spawn(heartbeat_loop(
-            self.client.clone(),
+            client.clone(),
             rank,
             Heartbeats {
                 every: Duration::from_millis(u64::from(assignment.heartbeat_interval_ms.max(10))),
@@ -124,7 +187,20 @@ impl Session {
             },
             progress.clone(),
         ));
-        let reporting = tokio::spawn(report_loop(self.client.clone(), rank, reports_rx));
+        let unsent = match self.unsent.take() {
+            Some((of, steps)) if of == rank => steps,
+            Some((of, steps)) => {
+                tracing::warn!(
+                    steps = steps.len(),
+                    of,
+                    rank,
+                    "undelivered metrics of another rank dropped"
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let reporting = tokio::spawn(report_loop(client.clone(), rank, reports_rx, unsent));
         let thread_progress = progress.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             training::run(&assignment, listener, &reports_tx, &thread_progress)
@@ -138,7 +214,10 @@ impl Session {
             None => error,
         });
         // The report sender was moved into the training closure and is dropped: drain.
-        reporting.await.context("reporting task panicked")?;
+        let unsent = reporting.await.context("reporting task panicked")?;
+        if !unsent.is_empty() {
+            self.unsent = Some((rank, unsent));
+        }
 
         let steps_done = progress.step.load(Ordering::Relaxed);
         let result = match &outcome {
@@ -155,17 +234,47 @@ impl Session {
                 evaluation: None,
             },
         };
-        if let Err(status) = self.client.report_result(result).await {
-            tracing::warn!(error = %status.message(), "could not report the result");
+        // Bounded: a coordinator that is stopped (not gone) never answers.
+        let reported =
+            match tokio::time::timeout(Duration::from_secs(10), client.report_result(result)).await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(status.message().to_string()),
+                Err(_) => Err("no answer within 10 s".to_string()),
+            };
+        if let Err(error) = &reported {
+            tracing::warn!(%error, "could not report the result");
         }
-        outcome.map(|eval| {
-            tracing::info!(
-                top1 = eval.top1(),
-                top5 = eval.top5(),
-                samples = eval.samples,
-                "validation"
-            );
-        })
+        match outcome {
+            // Trained to the end while the coordinator was away: the run ends only when a
+            // coordinator has the result (a resumed one takes this worker back).
+            Ok(_) if let Err(error) = reported => Ok(Ended::Rejoin {
+                reason: format!("finished, but no coordinator took the result: {error}"),
+                within: rejoin_within,
+            }),
+            Ok(eval) => {
+                tracing::info!(
+                    top1 = eval.top1(),
+                    top5 = eval.top5(),
+                    samples = eval.samples,
+                    "validation"
+                );
+                Ok(Ended::Finished)
+            }
+            // Stopped for good by the coordinator: the run is over.
+            Err(err)
+                if progress.stop.load(Ordering::Relaxed)
+                    && !progress.rejoin.load(Ordering::Relaxed) =>
+            {
+                Err(err)
+            }
+            // Told to re-form, cut off from the coordinator, or failed (a lost peer, most
+            // often): the coordinator decides whether the run goes on, and takes it back if so.
+            Err(err) => Ok(Ended::Rejoin {
+                reason: format!("{err:#}"),
+                within: rejoin_within,
+            }),
+        }
     }
 }
 
@@ -175,8 +284,10 @@ struct Heartbeats {
     lost_after: Duration,
 }
 
-/// Beats until the task is aborted; stops training when the coordinator says so, or when no
-/// beat was answered for `lost_after` (the coordinator died or is unreachable).
+/// Beats until the task is aborted; stops training when the coordinator says so (for good, or
+/// to join its next generation), or to join again when no beat was answered for `lost_after`
+/// (the coordinator died or is unreachable) or the coordinator no longer knows this worker's
+/// seat (its generation is over).
 async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progress: Arc<Progress>) {
     let mut ticker = tokio::time::interval(beats.every);
     let mut answered = Instant::now();
@@ -195,6 +306,12 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
             evaluated,
         };
         match client.heartbeat(beat).await {
+            Ok(reply) if reply.get_ref().regroup => {
+                tracing::warn!("the coordinator is re-forming the group");
+                progress.stop_to_rejoin(format!(
+                    "the coordinator ended this generation at step {step}: the group re-forms"
+                ));
+            }
             Ok(reply) if reply.get_ref().stop => {
                 tracing::warn!("the coordinator stopped the run");
                 progress.stop(format!("stopped by the coordinator at step {step}"));
@@ -207,8 +324,16 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
                     progress.checkpoint_now.store(true, Ordering::Relaxed);
                 }
             }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                progress.stop_to_rejoin(format!(
+                    "the coordinator no longer counts this worker in the run ({}); stopped at \
+                     step {step}",
+                    status.message()
+                ));
+                return;
+            }
             Err(status) if answered.elapsed() >= beats.lost_after => {
-                progress.stop(format!(
+                progress.stop_to_rejoin(format!(
                     "lost the coordinator: no heartbeat answered for {:?} (cluster.heartbeat_timeout_s; \
                      last error: {}); stopped at step {step}",
                     beats.lost_after,
@@ -221,10 +346,14 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
     }
 }
 
-/// Sends step metrics in batches, every half second, evaluations as they come, and drains
-/// when training ends.
-async fn report_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedReceiver<Report>) {
-    let mut pending = Vec::new();
+/// Sends step metrics in batches, every half second (starting with `pending`), evaluations as
+/// they come, and drains when training ends; returns the metrics no coordinator acknowledged.
+async fn report_loop(
+    mut client: Client,
+    rank: u32,
+    mut rx: mpsc::UnboundedReceiver<Report>,
+    mut pending: Vec<StepMetrics>,
+) -> Vec<StepMetrics> {
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -244,7 +373,7 @@ async fn report_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedRecei
                 }
                 None => {
                     flush_metrics(&mut client, rank, &mut pending).await;
-                    return;
+                    return pending;
                 }
             },
             _ = ticker.tick() => flush_metrics(&mut client, rank, &mut pending).await,
@@ -252,13 +381,28 @@ async fn report_loop(mut client: Client, rank: u32, mut rx: mpsc::UnboundedRecei
     }
 }
 
+/// Sends the pending metrics, a bounded batch at a time; what the coordinator could not take
+/// (it is unreachable, or no longer knows this worker) stays pending, the newest
+/// [`MAX_UNSENT_STEPS`] of it.
 async fn flush_metrics(client: &mut Client, rank: u32, pending: &mut Vec<StepMetrics>) {
-    if pending.is_empty() {
-        return;
-    }
-    let steps = std::mem::take(pending);
-    if let Err(status) = client.report_metrics(MetricsReport { rank, steps }).await {
-        tracing::warn!(error = %status.message(), "could not send metrics");
+    /// Steps per message: far below the coordinator's message size limit.
+    const BATCH: usize = 1024;
+    while !pending.is_empty() {
+        let steps = pending[..pending.len().min(BATCH)].to_vec();
+        let sent = steps.len();
+        match client.report_metrics(MetricsReport { rank, steps }).await {
+            Ok(_) => drop(pending.drain(..sent)),
+            Err(status) if status.code() == Code::InvalidArgument => {
+                tracing::warn!(error = %status.message(), "metrics refused; dropped");
+                pending.drain(..sent);
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "could not send metrics");
+                let excess = pending.len().saturating_sub(MAX_UNSENT_STEPS);
+                pending.drain(..excess);
+                return;
+            }
+        }
     }
 }
 

@@ -37,8 +37,11 @@ pub struct Progress {
     /// The replica's count of validation images evaluated (see [`Replica::evaluated`]), once
     /// it exists.
     pub evaluated: OnceLock<Arc<AtomicU64>>,
-    /// Set when the run must stop (the coordinator said so, or is lost).
+    /// Set when training must stop (the coordinator said so, or is lost).
     pub stop: AtomicBool,
+    /// Set with `stop` when the worker then joins again: its generation ended, or its
+    /// coordinator is lost (a resumed one takes it back).
+    pub rejoin: AtomicBool,
     /// Set when the coordinator asks for a checkpoint after the current step (it is about to
     /// stop the run); only rank 0 writes one.
     pub checkpoint_now: AtomicBool,
@@ -58,6 +61,12 @@ impl Progress {
         if let Some(abort) = self.abort.get() {
             abort.abort();
         }
+    }
+
+    /// Stops training because of `reason`, to join the run again.
+    pub fn stop_to_rejoin(&self, reason: String) {
+        self.rejoin.store(true, Ordering::Relaxed);
+        self.stop(reason);
     }
 }
 

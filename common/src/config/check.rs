@@ -48,6 +48,16 @@ impl Experiment {
         );
         check.at_least("cluster.straggler_window", c.straggler_window, 1);
         check.at_least("cluster.gpus_per_node", c.gpus_per_node, 1);
+        if let Some(min) = c.min_workers {
+            check.require(
+                min >= 1 && min <= c.world_size,
+                "cluster.min_workers",
+                min,
+                format!("must be in 1..=cluster.world_size ({})", c.world_size),
+            );
+        }
+        check.at_least("cluster.rejoin_timeout_s", c.rejoin_timeout_s, 1);
+        check.at_least("cluster.reconnect_timeout_s", c.reconnect_timeout_s, 1);
 
         let m = &self.model;
         check.at_least("model.num_classes", m.num_classes, 2);

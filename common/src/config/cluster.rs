@@ -45,10 +45,23 @@ pub struct ClusterSection {
     /// What each worker computes on: `cpu`, `cuda` (GPU `LOCAL_RANK`), or `auto` (cuda where
     /// the preflight finds a driver, a GPU and NVRTC; else cpu).
     pub device: DeviceKind,
-    /// Times the local launcher restarts a failed group of workers from the newest checkpoint
-    /// that verifies before the run fails with every generation's cause (external workers are
-    /// restarted by whoever started them).
+    /// Generations a run may start after the first: each time a worker is lost the group
+    /// re-forms from the newest checkpoint that verifies (the local launcher restarts its
+    /// workers; external survivors join again by themselves, a lost one by running `worker`
+    /// again); past this many the run fails with every generation's cause.
     pub max_restarts: usize,
+    /// The fewest workers a re-formed group may continue with (default: `world_size`, never
+    /// smaller). With fewer, the group starts once `rejoin_timeout_s` has passed: the global
+    /// batch is kept through `train.accumulate` when the numbers divide, else the learning rate
+    /// follows the linear scaling rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_workers: Option<usize>,
+    /// How long a re-forming group waits for every rank before it continues smaller (with at
+    /// least `min_workers`).
+    pub rejoin_timeout_s: u64,
+    /// How long a worker that lost its coordinator (or whose group is re-forming) keeps trying
+    /// to join again (a `launch --resume` on the same address takes it) before it exits.
+    pub reconnect_timeout_s: u64,
     /// On a stop signal (Ctrl-C, SIGTERM, SIGHUP, Slurm's SIGUSR1 warning) the coordinator asks
     /// rank 0 for a checkpoint of its current step and waits this long for it before stopping
     /// the workers; 0 stops them at once.
@@ -84,6 +97,9 @@ impl Default for ClusterSection {
             device: DeviceKind::Cpu,
             gpus_per_node: 1,
             max_restarts: 3,
+            min_workers: None,
+            rejoin_timeout_s: 60,
+            reconnect_timeout_s: 300,
             stop_checkpoint_s: 120,
             straggler_factor: 1.5,
             straggler_window: 50,
@@ -93,6 +109,11 @@ impl Default for ClusterSection {
 }
 
 impl ClusterSection {
+    /// The fewest workers a re-formed group may continue with.
+    pub fn min_workers(&self) -> usize {
+        self.min_workers.unwrap_or(self.world_size)
+    }
+
     /// `bucket_mib` in whole bytes.
     pub fn bucket_bytes(&self) -> usize {
         bucket::mib_to_bytes(self.bucket_mib)

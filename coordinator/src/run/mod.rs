@@ -8,6 +8,7 @@ mod dying;
 mod evaluate;
 mod monitor;
 mod prepare;
+mod regroup;
 mod report;
 mod signals;
 mod straggler;
@@ -29,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::dashboard;
 use crate::launcher::{LocalWorkers, WorkerCommand};
-use crate::rendezvous::Rendezvous;
+use crate::rendezvous::{Rendezvous, new_key};
 use crate::service::{self, RunContext};
 use crate::store::{Store, hostname};
 use crate::tensorboard::EventWriter;
@@ -61,6 +62,9 @@ enum Outcome {
     Failed(String),
     /// Stopped by a signal to the coordinator (Ctrl-C, or a scheduler's SIGTERM or SIGHUP).
     Interrupted(signals::Signal),
+    /// A re-forming group did not fill within `cluster.rejoin_timeout_s`; this many workers
+    /// joined (at least `cluster.min_workers`): the run goes on with them.
+    Shrink(usize),
 }
 
 /// What `launch` starts.
@@ -81,9 +85,12 @@ pub enum Start<'a> {
 /// Starts (or resumes) a run, follows it to completion and returns the process exit code.
 /// Workers join with `token` (default: a new random one).
 ///
-/// A run is a sequence of generations: when one fails with local workers, the whole group is
-/// restarted from the newest checkpoint that verifies (as torchrun restarts its worker group),
-/// up to `cluster.max_restarts` times.
+/// A run is a sequence of generations: when one fails, the group re-forms from the newest
+/// checkpoint that verifies, up to `cluster.max_restarts` times: the local launcher restarts its
+/// workers (as torchrun restarts its worker group); external ones that survive join the next
+/// generation by themselves, and a lost one is replaced by running `worker` again, or, after
+/// `cluster.rejoin_timeout_s`, the run goes on without it down to `cluster.min_workers` (as
+/// Horovod Elastic does).
 pub async fn launch(
     start: Start<'_>,
     state_dir: &Path,
@@ -118,7 +125,10 @@ pub async fn launch(
         Launcher::Local => Some(WorkerCommand::locate()?),
         Launcher::External => None,
     };
-    let token = token.unwrap_or_else(new_token);
+    // A resumed run keeps its token: its workers, cut off from the coordinator, join it again.
+    let token = token
+        .or_else(|| existing_token(&run_dir))
+        .unwrap_or_else(new_key);
     write_atomic(&run_dir.join(TOKEN), token.as_bytes(), 0o600)?;
     if let Some(protocol) = &evaluation {
         let message = format!(
@@ -133,11 +143,13 @@ pub async fn launch(
         println!("{message}");
     }
 
+    let listener = std::net::TcpListener::bind(&exp.cluster.bind)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
     let generation = Generation {
-        exp: &exp,
         run_id: &run_id,
         run_dir: &run_dir,
-        resolved: &resolved,
+        listener: &listener,
         layout: &layout,
         token: &token,
         worker_bin: worker_bin.as_ref(),
@@ -161,33 +173,55 @@ pub async fn launch(
     }
     let mut signals = Signals::install().context("installing the signal handlers")?;
     let started = Instant::now();
-    let mut resume_from = resume_from;
+    let mut plan = Plan {
+        number: 0,
+        exp: exp.clone(),
+        resolved: resolved.clone(),
+        resume_from,
+        may_regroup: exp.cluster.max_restarts > 0,
+    };
     let mut causes = Vec::new();
     let (outcome, final_loss) = loop {
         let (outcome, final_loss) = generation
-            .run(&mut store, resume_from.as_ref(), &mut signals, &mut files)
+            .run(&mut store, &plan, &mut signals, &mut files)
             .await?;
         match outcome {
-            // External workers are restarted by whoever started them; local ones are ours.
-            Outcome::Failed(cause)
-                if worker_bin.is_some() && causes.len() < exp.cluster.max_restarts =>
-            {
+            Outcome::Failed(cause) if plan.may_regroup => {
                 // An evaluation starts again from the weights it evaluates.
                 if evaluation.is_none() {
-                    resume_from = newest_verified_checkpoint(&store, &run_id, &run_dir)?;
+                    plan.resume_from = newest_verified_checkpoint(&store, &run_id, &run_dir)?;
                 }
-                let from = resume_from.as_ref().map_or(0, |r| r.step);
+                let from = plan.resume_from.as_ref().map_or(0, |r| r.step);
                 causes.push(cause);
                 let message = format!(
-                    "generation {} failed: {}\nrestarting the workers from step {from} \
-                     (restart {} of cluster.max_restarts = {})",
-                    causes.len() - 1,
+                    "generation {} failed: {}\nthe group re-forms from step {from} as generation \
+                     {} (restart {} of cluster.max_restarts = {})",
+                    plan.number,
                     causes[causes.len() - 1],
+                    plan.number + 1,
                     causes.len(),
                     exp.cluster.max_restarts
                 );
                 eprintln!("{message}");
                 store.event(&run_id, "error", &message)?;
+                plan.number += 1;
+                plan.may_regroup = causes.len() < exp.cluster.max_restarts;
+            }
+            Outcome::Shrink(workers) => {
+                let (smaller, change) = regroup::shrink(&exp, workers);
+                let message = format!(
+                    "generation {}: {workers} of {} workers joined within {} s \
+                     (cluster.rejoin_timeout_s); generation {} goes on with them: {change}",
+                    plan.number,
+                    plan.exp.cluster.world_size,
+                    exp.cluster.rejoin_timeout_s,
+                    plan.number + 1
+                );
+                eprintln!("{message}");
+                store.event(&run_id, "warn", &message)?;
+                plan.resolved = smaller.to_toml();
+                plan.exp = smaller;
+                plan.number += 1;
             }
             Outcome::Failed(cause) if !causes.is_empty() => {
                 let earlier: Vec<String> = causes
@@ -219,16 +253,31 @@ pub async fn launch(
 
 /// What every generation of a run shares.
 struct Generation<'a> {
-    exp: &'a Experiment,
     run_id: &'a str,
     run_dir: &'a Path,
-    resolved: &'a str,
+    /// The coordinator's gRPC listener, bound once: every generation serves on the same
+    /// address, where external workers join again.
+    listener: &'a std::net::TcpListener,
     layout: &'a ShardLayout,
     token: &'a str,
     /// The worker program, when this coordinator starts the workers itself.
     worker_bin: Option<&'a WorkerCommand>,
     /// Whether the run is an evaluation (`coordinator eval`): no steps, only the evaluation.
     evaluation: bool,
+}
+
+/// What one generation starts from.
+struct Plan {
+    /// 0 at launch, one more each time the group re-forms.
+    number: u32,
+    /// The experiment as this generation trains it (a group continuing smaller changes it).
+    exp: Experiment,
+    /// `exp` as TOML, what the workers receive.
+    resolved: String,
+    /// The checkpoint it continues from.
+    resume_from: Option<Resume>,
+    /// Whether a failure re-forms the group (restarts are left) rather than failing the run.
+    may_regroup: bool,
 }
 
 /// What a run writes beside its database, kept across its generations; a file that cannot be
@@ -239,22 +288,23 @@ pub(super) struct RunFiles {
 }
 
 impl Generation<'_> {
-    /// Serves the gRPC API, starts (or waits for) the workers, follows them from `resume_from`
-    /// to the outcome, and stops them; returns the outcome and the last training loss.
+    /// Serves the gRPC API, starts (or waits for) the workers, follows them from the plan's
+    /// checkpoint to the outcome, and stops them (or, when the group re-forms, tells them to
+    /// join again); returns the outcome and the last training loss.
     async fn run(
         &self,
         store: &mut Store,
-        resume_from: Option<&Resume>,
+        plan: &Plan,
         signals: &mut Signals,
         files: &mut RunFiles,
     ) -> anyhow::Result<(Outcome, f64)> {
-        let exp = self.exp;
-        let listener = tokio::net::TcpListener::bind(&exp.cluster.bind)
-            .await
-            .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
+        let exp = &plan.exp;
+        let resume_from = plan.resume_from.as_ref();
+        // A clone of the one socket: the server closes its copy when the generation ends.
+        let listener = tokio::net::TcpListener::from_std(self.listener.try_clone()?)?;
         let addr: SocketAddr = listener.local_addr()?;
         let url = format!("http://{addr}");
-        if !addr.ip().is_loopback() {
+        if plan.number == 0 && !addr.ip().is_loopback() {
             eprintln!(
                 "warning: the coordinator listens on {addr} without TLS: anyone who can reach it \
                  sees the join token of the workers that connect (bind 127.0.0.1, or keep the \
@@ -264,11 +314,13 @@ impl Generation<'_> {
         let (events, events_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(RunContext {
             run_id: self.run_id.to_string(),
-            experiment_toml: self.resolved.to_string(),
+            generation: plan.number,
+            experiment_toml: plan.resolved.clone(),
             world_size: exp.cluster.world_size as u32,
             total_steps: exp.total_steps(),
             heartbeat_interval_ms: exp.cluster.heartbeat_interval_ms as u32,
             heartbeat_timeout_s: u32::try_from(exp.cluster.heartbeat_timeout_s).unwrap_or(u32::MAX),
+            reconnect_timeout_s: u32::try_from(exp.cluster.reconnect_timeout_s).unwrap_or(u32::MAX),
             checkpoint_dir: self.run_dir.join(CHECKPOINTS).display().to_string(),
             resume_from: resume_from
                 .map(|r| r.path.display().to_string())
@@ -278,6 +330,7 @@ impl Generation<'_> {
             rendezvous: Rendezvous::new(exp.cluster.world_size),
             events,
             stopping: AtomicBool::new(false),
+            regroup: AtomicBool::new(false),
             checkpoint_now: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -295,15 +348,17 @@ impl Generation<'_> {
                 ),
         );
 
-        println!(
-            "run {}: {} × {} ({} steps, global batch {}), coordinator at {url}",
-            self.run_id,
-            exp.cluster.world_size,
-            exp.model.arch,
-            exp.total_steps(),
-            exp.global_batch()
-        );
-        println!("state: {}", self.run_dir.display());
+        if plan.number == 0 {
+            println!(
+                "run {}: {} × {} ({} steps, global batch {}), coordinator at {url}",
+                self.run_id,
+                exp.cluster.world_size,
+                exp.model.arch,
+                exp.total_steps(),
+                exp.global_batch()
+            );
+            println!("state: {}", self.run_dir.display());
+        }
         let mut workers = match self.worker_bin {
             Some(bin) => Some(LocalWorkers::spawn(
                 bin,
@@ -319,13 +374,23 @@ impl Generation<'_> {
                 } else {
                     url.clone()
                 };
-                println!(
-                    "waiting for {} workers; start each with (the token file is the run folder's: \
-                     on a shared filesystem, or copied with mode 0600):\n  worker --coordinator \
-                     {reachable} --token-file {}",
-                    exp.cluster.world_size,
+                let command = format!(
+                    "worker --coordinator {reachable} --token-file {}",
                     self.run_dir.join(TOKEN).display()
                 );
+                if plan.number == 0 {
+                    println!(
+                        "waiting for {} workers; start each with (the token file is the run \
+                         folder's: on a shared filesystem, or copied with mode 0600):\n  {command}",
+                        exp.cluster.world_size,
+                    );
+                } else {
+                    println!(
+                        "generation {}: waiting for {} workers; the survivors join again by \
+                         themselves, replace a lost one with:\n  {command}",
+                        plan.number, exp.cluster.world_size,
+                    );
+                }
                 None
             }
         };
@@ -335,14 +400,29 @@ impl Generation<'_> {
         let final_loss = monitor.last_loss;
         drop(monitor);
 
+        let regroup = match outcome {
+            Outcome::Failed(_) => plan.may_regroup,
+            Outcome::Shrink(_) => true,
+            Outcome::Succeeded(_) | Outcome::Interrupted(_) => false,
+        };
+        ctx.regroup.store(regroup, Ordering::Relaxed);
         ctx.stopping.store(true, Ordering::Relaxed);
+        // Workers still held at the rendezvous hear it now: join again, or the run has ended.
+        ctx.rendezvous.close(if regroup {
+            tonic::Status::unavailable(format!(
+                "generation {} ended before it started: the group re-forms; join again",
+                plan.number
+            ))
+        } else {
+            tonic::Status::aborted(format!("run {} has ended", self.run_id))
+        });
         match workers.as_mut() {
             Some(workers) => match outcome {
                 Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
                 _ => workers.kill().await,
             },
-            // External workers learn of the stop from their next heartbeat's answer: keep
-            // answering for three beats before the server goes.
+            // External workers learn of the stop (or regroup) from their next heartbeat's
+            // answer: keep answering for three beats before the server goes.
             None if !matches!(outcome, Outcome::Succeeded(_)) => {
                 let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
                 tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
@@ -355,12 +435,12 @@ impl Generation<'_> {
     }
 }
 
-/// A random 128-bit join token, hex-encoded.
-fn new_token() -> String {
-    rand::random::<[u8; 16]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The token a run was started with (its run folder's `token`), if it has one.
+fn existing_token(run_dir: &Path) -> Option<String> {
+    let path = run_dir.join(TOKEN);
+    path.is_file()
+        .then(|| incept_worker::read_token_file(&path).ok())
+        .flatten()
 }
 
 /// Default state directory.

@@ -30,6 +30,8 @@ pub(super) struct Monitor<'a> {
     progress: Progress,
     heartbeat_timeout: Duration,
     join_deadline: Instant,
+    /// In a re-forming generation: when the group may go on with fewer workers, and how few.
+    shrink_from: Option<(Instant, usize)>,
     last_seen: Vec<Option<Instant>>,
     heartbeat_interval: Duration,
     /// Process ids the ranks joined with, to name the rank of a local worker that died.
@@ -90,6 +92,12 @@ impl<'a> Monitor<'a> {
             progress,
             heartbeat_timeout: Duration::from_secs(exp.cluster.heartbeat_timeout_s),
             join_deadline: Instant::now() + Duration::from_secs(exp.cluster.join_timeout_s),
+            shrink_from: (ctx.generation > 0 && exp.cluster.min_workers() < world).then(|| {
+                (
+                    Instant::now() + Duration::from_secs(exp.cluster.rejoin_timeout_s),
+                    exp.cluster.min_workers(),
+                )
+            }),
             last_seen: vec![None; world],
             heartbeat_interval: Duration::from_millis(exp.cluster.heartbeat_interval_ms),
             pids: vec![None; world],
@@ -148,7 +156,8 @@ impl<'a> Monitor<'a> {
         self.ctx.checkpoint_now.store(true, Ordering::Relaxed);
         self.draining = Some((signal, Instant::now() + self.stop_checkpoint));
         let message = format!(
-            "{}: checkpointing the current step before stopping (up to {} s,              cluster.stop_checkpoint_s; another signal stops at once)",
+            "{}: checkpointing the current step before stopping (up to {} s, \
+             cluster.stop_checkpoint_s; another signal stops at once)",
             signal.name(),
             self.stop_checkpoint.as_secs()
         );
@@ -434,10 +443,18 @@ impl<'a> Monitor<'a> {
         if failed.is_some() || self.failing_since.is_some() {
             return failed;
         }
+        let joined = self.ctx.rendezvous.joined_count();
+        if let Some((after, min_workers)) = self.shrink_from
+            && !self.ctx.rendezvous.is_complete()
+            && Instant::now() >= after
+            && joined >= min_workers
+        {
+            return Some(Outcome::Shrink(joined));
+        }
         if !self.ctx.rendezvous.is_complete() && Instant::now() > self.join_deadline {
             return Some(Outcome::Failed(format!(
                 "rendezvous timed out: {} of {} workers joined within {} s (cluster.join_timeout_s)",
-                self.ctx.rendezvous.joined_count(),
+                joined,
                 self.ctx.world_size,
                 self.ctx.join_timeout.as_secs()
             )));

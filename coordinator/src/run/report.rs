@@ -90,5 +90,6 @@ pub(super) fn report(store: &Store, ended: &Ended, outcome: Outcome) -> anyhow::
             );
             Ok(ExitCode::from(signal.exit_code()))
         }
+        Outcome::Shrink(_) => unreachable!("a group that shrinks goes on in another generation"),
     }
 }

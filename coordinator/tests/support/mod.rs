@@ -2,10 +2,11 @@
 //! per test, and running a command with a time limit.
 #![allow(dead_code)] // each test binary that shares this module uses part of it
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 pub const COORDINATOR: &str = env!("CARGO_BIN_EXE_coordinator");
 
@@ -151,3 +152,116 @@ learning_rate = 0.01
 [train.schedule]
 kind = "constant"
 "#;
+
+/// A running `coordinator launch` whose stdout and stderr lines arrive on one channel.
+pub struct Launched {
+    pub child: Child,
+    pub lines: Receiver<String>,
+}
+
+impl Launched {
+    pub fn spawn(fx: &Fixture) -> Self {
+        Self::spawn_with(fx, &[])
+    }
+
+    /// [`Launched::spawn`] with more `launch` flags.
+    pub fn spawn_with(fx: &Fixture, flags: &[&str]) -> Self {
+        let mut cmd = fx.coordinator(&["launch"]);
+        cmd.arg(fx.experiment())
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        forward_lines(stdout, tx.clone());
+        forward_lines(stderr, tx);
+        Self { child, lines }
+    }
+
+    /// The `worker` command its coordinator prints for external workers
+    /// ("  worker --coordinator <url> --token-file <run folder>/token").
+    pub fn worker_command(&self) -> Command {
+        let hint = self.wait_for_line("--token-file");
+        let words: Vec<&str> = hint.split_whitespace().collect();
+        assert_eq!(words[0], "worker", "{hint}");
+        let mut worker = Command::new(worker_bin());
+        worker.args(&words[1..]);
+        worker.stdout(Stdio::null());
+        worker
+    }
+
+    /// The run's id, from the line that announces it ("run <id>: … coordinator at <url>").
+    pub fn run_id(&self) -> String {
+        let line = self.wait_for_line("coordinator at");
+        let id = line.split_whitespace().nth(1).expect("run <id>: …");
+        id.trim_end_matches(':').to_string()
+    }
+
+    /// Waits up to a minute for an output line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(err) => panic!("no line containing {needle:?}: {err}"),
+            }
+        }
+    }
+}
+
+pub fn forward_lines(stream: impl std::io::Read + Send + 'static, tx: Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+}
+
+pub fn interrupt_and_wait(child: Child, limit: Duration) -> std::process::ExitStatus {
+    signal_and_wait(child, "INT", limit)
+}
+
+/// Sends `signal` (a `kill` name: INT, TERM, HUP, KILL) and waits for the process to exit.
+pub fn signal_and_wait(
+    mut child: Child,
+    signal: &str,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    wait_for_exit(
+        &mut child,
+        limit,
+        &format!("the coordinator after SIG{signal}"),
+    )
+}
+
+/// Waits for `child` to exit; past `limit` kills it and fails, saying `what` did not end.
+pub fn wait_for_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its parent does not).
+pub fn is_running(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
