@@ -1,6 +1,7 @@
 //! The local launcher: spawns a run's worker processes on this machine, watches them, and stops
 //! them with the run.
 
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -105,6 +106,13 @@ impl LocalWorkers {
                 .arg("--coordinator")
                 .arg(url)
                 .args(["--listen-host", "127.0.0.1"])
+                // The certificate (chain) names its own issuer: for a self-signed one, itself.
+                .args(
+                    cluster
+                        .tls_cert
+                        .iter()
+                        .flat_map(|cert| [OsStr::new("--tls-ca"), cert.as_os_str()]),
+                )
                 .env("INCEPT_TOKEN", token)
                 .env("RAYON_NUM_THREADS", cluster.threads_per_worker.to_string())
                 .env("LOCAL_RANK", (index % cluster.gpus_per_node).to_string())

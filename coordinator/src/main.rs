@@ -18,6 +18,7 @@ mod status;
 mod store;
 mod sweep;
 mod tensorboard;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -350,3 +350,134 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Ack {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::UnboundedReceiver;
+    use tonic::Code;
+
+    /// The service of generation 3 of a two-rank run, and the events it emits.
+    fn service() -> (CoordinatorService, UnboundedReceiver<Event>) {
+        let (events, received) = tokio::sync::mpsc::unbounded_channel();
+        let run = RunContext {
+            run_id: "run-a".into(),
+            generation: 3,
+            experiment_toml: String::new(),
+            world_size: 2,
+            total_steps: 10,
+            heartbeat_interval_ms: 100,
+            heartbeat_timeout_s: 5,
+            reconnect_timeout_s: 60,
+            checkpoint_dir: String::new(),
+            resume_from: String::new(),
+            data_plan: DataPlan::default(),
+            join_timeout: Duration::from_secs(5),
+            rendezvous: Rendezvous::new(2),
+            events,
+            stopping: AtomicBool::new(false),
+            regroup: AtomicBool::new(false),
+            checkpoint_now: AtomicBool::new(false),
+        };
+        let run = Arc::new(run);
+        (CoordinatorService { run }, received)
+    }
+
+    fn join_request(worker: &str, port: u16) -> JoinRequest {
+        JoinRequest {
+            worker_id: worker.into(),
+            ring_addr: format!("127.0.0.1:{port}"),
+            ..Default::default()
+        }
+    }
+
+    /// A request carrying `member_key`, as a worker sends it after joining.
+    fn as_member<T>(message: T, member_key: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(MEMBER_METADATA_KEY, member_key.parse().unwrap());
+        request
+    }
+
+    fn beat(rank: u32) -> HeartbeatRequest {
+        HeartbeatRequest {
+            rank,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_rank_speaks_for_itself_and_strangers_are_refused_and_recorded() {
+        let (service, mut events) = service();
+        let (a, b) = tokio::join!(
+            service.join(Request::new(join_request("a", 1))),
+            service.join(Request::new(join_request("b", 2)))
+        );
+        let (a, b) = (a.unwrap().into_inner(), b.unwrap().into_inner());
+        assert_eq!((a.rank, b.rank, a.generation), (0, 1, 3));
+        assert_ne!(a.member_key, b.member_key);
+
+        let own = service.heartbeat(as_member(beat(0), &a.member_key)).await;
+        assert!(own.is_ok());
+        let other = service
+            .heartbeat(as_member(beat(1), &a.member_key))
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), Code::PermissionDenied);
+        assert!(
+            other
+                .message()
+                .contains("for rank 1 from the worker of rank 0")
+        );
+        let metrics = MetricsReport {
+            rank: 1,
+            steps: Vec::new(),
+        };
+        let stranger = service
+            .report_metrics(Request::new(metrics))
+            .await
+            .unwrap_err();
+        assert_eq!(stranger.code(), Code::FailedPrecondition);
+        assert!(
+            stranger.message().contains("generation 3 of run run-a"),
+            "{}",
+            stranger.message()
+        );
+        let again = service
+            .join(Request::new(join_request("a", 3)))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), Code::ResourceExhausted, "{}", again.message());
+
+        let mut rejected = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let Event::Rejected { reason, .. } = event {
+                rejected.push(reason);
+            }
+        }
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+    }
+
+    #[tokio::test]
+    async fn an_ending_generation_says_whether_to_join_again() {
+        let (service, _events) = service();
+        service.run.regroup.store(true, Ordering::Relaxed);
+        service.run.stopping.store(true, Ordering::Relaxed);
+        let regroup = service
+            .join(Request::new(join_request("a", 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(regroup.code(), Code::Unavailable);
+        assert!(regroup.message().contains("join again"));
+        service.run.regroup.store(false, Ordering::Relaxed);
+        let ended = service
+            .join(Request::new(join_request("a", 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (ended.code(), ended.message()),
+            (Code::Aborted, "run run-a has ended")
+        );
+    }
+}

@@ -1271,3 +1271,88 @@ fn a_resumed_coordinator_takes_back_the_external_workers_of_a_killed_one() {
         "every step recorded once"
     );
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost: `<name>.pem` and `<name>.key` in
+/// `dir`.
+fn self_signed(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn a_tls_control_plane_trains_and_refuses_workers_that_do_not_trust_it() {
+    let fx = Fixture::new(TINY);
+    let (cert, key) = self_signed(fx.dir.path(), "coordinator");
+    let tls = format!(
+        "[cluster]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let experiment = TINY.replace("[cluster]\n", &tls);
+    std::fs::write(fx.experiment(), &experiment).unwrap();
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("coordinator at https://127.0.0.1:"),
+        "{stdout}"
+    );
+
+    // An external worker that trusts another certificate is refused at the handshake.
+    std::fs::write(fx.experiment(), external(&experiment)).unwrap();
+    let launched = Launched::spawn(&fx);
+    let command = launched.worker_command();
+    let (stranger, _) = self_signed(fx.dir.path(), "stranger");
+    let args: Vec<std::ffi::OsString> = command
+        .get_args()
+        .map(|arg| {
+            if arg == cert.as_os_str() {
+                stranger.clone().into()
+            } else {
+                arg.into()
+            }
+        })
+        .collect();
+    let mut distrustful = Command::new(worker_bin());
+    distrustful.args(&args).args(["--connect-attempts", "1"]);
+    let out = run_with_limit(distrustful, Duration::from_secs(60));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(command.get_args().any(|arg| arg == "--tls-ca"));
+    interrupt_and_wait(launched.child, Duration::from_secs(15));
+
+    // Half a pair, or a pair that is not one, is named before anything starts.
+    let half = TINY.replace(
+        "[cluster]\n",
+        &format!("[cluster]\ntls_cert = {:?}\n", cert.display().to_string()),
+    );
+    std::fs::write(fx.experiment(), half).unwrap();
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(60));
+    assert!(
+        text(&out.stderr).contains("cluster.tls_cert and cluster.tls_key go together"),
+        "{}",
+        text(&out.stderr)
+    );
+    let swapped = experiment.replace(&key.display().to_string(), &stranger.display().to_string());
+    std::fs::write(fx.experiment(), swapped).unwrap();
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment());
+    let out = run_with_limit(cmd, Duration::from_secs(60));
+    assert!(
+        text(&out.stderr).contains("are not a PEM certificate and its private key"),
+        "{}",
+        text(&out.stderr)
+    );
+}

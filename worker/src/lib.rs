@@ -56,6 +56,11 @@ pub struct WorkerArgs {
     /// OMPI_COMM_WORLD_RANK that is set; none: the lowest free rank.
     #[arg(long, value_name = "RANK")]
     rank_hint: Option<u32>,
+    /// PEM certificate(s) of the CA that signed the coordinator's `cluster.tls_cert` (for a
+    /// self-signed one, the certificate itself): the worker then speaks TLS to an `https://`
+    /// coordinator and trusts nothing else.
+    #[arg(long, env = "INCEPT_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
     /// Attempts to reach the coordinator before giving up.
     #[arg(long, default_value_t = 8)]
     connect_attempts: u32,
@@ -89,8 +94,9 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         Some(rank) => Some(rank),
         None => rank_hint_from(|var| std::env::var(var).ok())?,
     };
+    let tls = session::tls_config(&args.coordinator, args.tls_ca.as_deref())?;
     let mut session =
-        session::Session::connect(&args.coordinator, &token, args.connect_attempts).await?;
+        session::Session::connect(&args.coordinator, &token, tls, args.connect_attempts).await?;
     // Set once a generation this worker trained in ended: join the next one by then.
     let mut rejoin_by = None;
     loop {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::training::{self, Progress, Report, evaluation_report};
@@ -65,14 +65,53 @@ pub enum Ended {
     Rejoin { reason: String, within: Duration },
 }
 
+/// TLS towards the coordinator at `url`: required by an `https://` address, trusting only the
+/// CA in `ca` (`--tls-ca`); refused for a plain `http://` one, which would send the token in
+/// the clear while the user believes otherwise.
+pub fn tls_config(
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let https = url.starts_with("https://");
+    match ca {
+        None if https => bail!(
+            "the coordinator {url} speaks TLS: pass --tls-ca FILE, the CA that signed its \
+             cluster.tls_cert (for a self-signed certificate, the certificate itself)"
+        ),
+        None => Ok(None),
+        Some(path) if !https => bail!(
+            "--tls-ca {} is for a TLS coordinator: its address starts with https://, not {url}",
+            path.display()
+        ),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --tls-ca {}", path.display()))?;
+            Ok(Some(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            ))
+        }
+    }
+}
+
 impl Session {
-    /// Connects, retrying with exponential backoff (0.25 s doubling to 4 s) `attempts` times.
-    pub async fn connect(url: &str, token: &str, attempts: u32) -> anyhow::Result<Self> {
+    /// Connects (over TLS with `tls`), retrying with exponential backoff (0.25 s doubling to
+    /// 4 s) `attempts` times.
+    pub async fn connect(
+        url: &str,
+        token: &str,
+        tls: Option<ClientTlsConfig>,
+        attempts: u32,
+    ) -> anyhow::Result<Self> {
         let token: Ascii =
             MetadataValue::try_from(token).context("the join token is not valid ASCII")?;
-        let endpoint = Endpoint::from_shared(url.to_string())
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .with_context(|| format!("invalid coordinator address {url:?}"))?
             .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .with_context(|| format!("TLS towards {url}"))?;
+        }
         let mut delay = Duration::from_millis(250);
         let mut last_error = String::new();
         for attempt in 1..=attempts.max(1) {
@@ -420,4 +459,35 @@ fn source_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_required_by_https_and_refused_for_plain_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(tls_config("http://127.0.0.1:1", None).unwrap().is_none());
+        assert!(
+            tls_config("https://127.0.0.1:1", Some(&ca))
+                .unwrap()
+                .is_some()
+        );
+        let missing = tls_config("https://127.0.0.1:1", None).unwrap_err();
+        assert!(missing.to_string().contains("pass --tls-ca"), "{missing}");
+        let plain = tls_config("http://127.0.0.1:1", Some(&ca)).unwrap_err();
+        assert!(plain.to_string().contains("https://"), "{plain}");
+        let unreadable = tls_config("https://h:1", Some(&dir.path().join("none"))).unwrap_err();
+        assert!(
+            unreadable.to_string().contains("reading --tls-ca"),
+            "{unreadable}"
+        );
+    }
 }

@@ -18,6 +18,14 @@ impl Experiment {
             format!("{:?}", c.bind),
             "must be an address like 127.0.0.1:0",
         );
+        check.require(
+            c.tls_cert.is_some() == c.tls_key.is_some(),
+            "cluster.tls_key",
+            c.tls_key
+                .as_ref()
+                .map_or("unset".into(), |key| key.display().to_string()),
+            "cluster.tls_cert and cluster.tls_key go together: set both (TLS) or neither",
+        );
         check.at_least("cluster.join_timeout_s", c.join_timeout_s, 1);
         check.at_least("cluster.heartbeat_interval_ms", c.heartbeat_interval_ms, 10);
         check.require(

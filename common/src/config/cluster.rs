@@ -24,6 +24,14 @@ pub struct ClusterSection {
     pub world_size: usize,
     /// Address the coordinator's gRPC API binds (port 0: ephemeral).
     pub bind: String,
+    /// PEM certificate (chain) the gRPC API presents: with `tls_key` the control plane is
+    /// TLS (`https://`), and each worker checks it against the CA it is given
+    /// (`worker --tls-ca`; a self-signed certificate is its own CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert` (read by the coordinator only; keep it mode 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// How long the rendezvous waits for every rank to join.
     pub join_timeout_s: u64,
     /// How often each worker reports that it is alive.
@@ -86,6 +94,8 @@ impl Default for ClusterSection {
             launcher: Launcher::Local,
             world_size: 1,
             bind: "127.0.0.1:0".into(),
+            tls_cert: None,
+            tls_key: None,
             join_timeout_s: 120,
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_s: 60,

@@ -143,6 +143,7 @@ pub async fn launch(
         println!("{message}");
     }
 
+    let tls = crate::tls::server_config(&exp.cluster)?;
     let listener = std::net::TcpListener::bind(&exp.cluster.bind)
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
@@ -150,6 +151,7 @@ pub async fn launch(
         run_id: &run_id,
         run_dir: &run_dir,
         listener: &listener,
+        tls: tls.as_ref(),
         layout: &layout,
         token: &token,
         worker_bin: worker_bin.as_ref(),
@@ -258,6 +260,8 @@ struct Generation<'a> {
     /// The coordinator's gRPC listener, bound once: every generation serves on the same
     /// address, where external workers join again.
     listener: &'a std::net::TcpListener,
+    /// The control plane's TLS identity (`cluster.tls_cert`), if any.
+    tls: Option<&'a tonic::transport::ServerTlsConfig>,
     layout: &'a ShardLayout,
     token: &'a str,
     /// The worker program, when this coordinator starts the workers itself.
@@ -303,12 +307,13 @@ impl Generation<'_> {
         // A clone of the one socket: the server closes its copy when the generation ends.
         let listener = tokio::net::TcpListener::from_std(self.listener.try_clone()?)?;
         let addr: SocketAddr = listener.local_addr()?;
-        let url = format!("http://{addr}");
-        if plan.number == 0 && !addr.ip().is_loopback() {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
+        if plan.number == 0 && self.tls.is_none() && !addr.ip().is_loopback() {
             eprintln!(
                 "warning: the coordinator listens on {addr} without TLS: anyone who can reach it \
-                 sees the join token of the workers that connect (bind 127.0.0.1, or keep the \
-                 network private)"
+                 sees the join token of the workers that connect (set cluster.tls_cert and \
+                 tls_key, bind 127.0.0.1, or keep the network private)"
             );
         }
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -336,8 +341,12 @@ impl Generation<'_> {
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         // The standard gRPC health service, without the token: what a Kubernetes probe asks.
         let (_health, health_service) = tonic_health::server::health_reporter();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls.clone())?;
+        }
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .add_service(health_service)
                 .add_service(service::server(ctx.clone(), self.token.to_string()))
                 .serve_with_incoming_shutdown(
@@ -370,12 +379,16 @@ impl Generation<'_> {
             None => {
                 // Listening on every interface: workers elsewhere reach it by this host's name.
                 let reachable = if addr.ip().is_unspecified() {
-                    format!("http://{}:{}", hostname(), addr.port())
+                    format!("{scheme}://{}:{}", hostname(), addr.port())
                 } else {
                     url.clone()
                 };
+                let trust = match &exp.cluster.tls_cert {
+                    Some(cert) => format!(" --tls-ca {}", cert.display()),
+                    None => String::new(),
+                };
                 let command = format!(
-                    "worker --coordinator {reachable} --token-file {}",
+                    "worker --coordinator {reachable} --token-file {}{trust}",
                     self.run_dir.join(TOKEN).display()
                 );
                 if plan.number == 0 {
