@@ -207,6 +207,10 @@ pub enum BenchCommand {
     /// Opening a long run in the dashboard (runs table + a chart-width curve) against its
     /// full-resolution curve, over real HTTP on a synthetic run database.
     Dashboard(bench::dashboard::DashboardBench),
+    /// The control plane at scale (simulated workers joining and beating over real gRPC:
+    /// rendezvous time, heartbeat latency, coordinator CPU and memory) and the time from a
+    /// killed worker to the next generation's first step.
+    ControlPlane(bench::control_plane::ControlPlaneBench),
     /// Input-pipeline images/s: decode + Inception crop + flip + resize + normalise.
     Data(bench::data::DataBench),
     /// All-reduce time, algbw and busbw per size across real rank processes (as nccl-tests).

@@ -178,6 +178,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 BenchCommand::Step(step) => bench::step::run(&step)?,
                 BenchCommand::Data(data) => bench::data::run(&data)?,
                 BenchCommand::Dashboard(dashboard) => bench::dashboard::run(&dashboard)?,
+                BenchCommand::ControlPlane(control) => bench::control_plane::run(&control)?,
                 BenchCommand::Allreduce(allreduce) => bench::allreduce::run(&allreduce)?,
                 BenchCommand::AllreduceRank(job) => bench::allreduce_rank::run(&job)?,
             }

@@ -75,3 +75,40 @@ fn printing_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(output.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn bench_control_plane_measures_a_small_control_plane_and_a_recovery() {
+    let output = coordinator(&[
+        "bench",
+        "control-plane",
+        "--workers",
+        "20",
+        "--seconds",
+        "2",
+        "--recovery-trials",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 20 workers × 2 beats, every one answered and timed.
+    assert!(stdout.contains("1 Hz × 20 workers, 40 beats"), "{stdout}");
+    let total = stdout
+        .lines()
+        .find(|line| line.contains("kill to the next generation's first step"))
+        .expect("the recovery row");
+    let seconds: f64 = total
+        .split('|')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(seconds > 0.0, "{total}");
+}

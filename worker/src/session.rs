@@ -150,7 +150,8 @@ impl Session {
     /// Joins the run; returns once every rank has joined. `nccl_id` is this worker's offer of
     /// the run's NCCL unique id (empty when it has none); `rank_hint` the rank it asks for.
     /// With `retry_until`, a coordinator that is unreachable, between generations, or busy
-    /// with a generation that has not ended yet is asked again (backing off up to 4 s) until
+    /// with a generation that has not ended yet is asked again (backing off to once a second: a
+    /// join is one cheap call, and the next generation should not wait for it) until
     /// then; only the run's end or a rejected token stops it sooner.
     pub async fn join(
         &mut self,
@@ -186,7 +187,7 @@ impl Session {
                 Some(deadline) if Instant::now() + delay < deadline => {
                     tracing::info!(reason = %status.message(), "joining again shortly");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(4));
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Some(_) => bail!(
                     "no coordinator at {} took this worker back in time (cluster.\

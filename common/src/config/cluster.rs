@@ -14,6 +14,15 @@ pub enum Launcher {
     External,
 }
 
+impl std::fmt::Display for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Launcher::Local => "local",
+            Launcher::External => "external",
+        })
+    }
+}
+
 /// Processes, addresses and timeouts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -5,6 +5,8 @@
 //! - [`data`]: the input pipeline against PIL + torchvision;
 //! - [`allreduce`]: ring all-reduce across rank processes against torch.distributed's Gloo and
 //!   iperf3's loopback TCP ([`allreduce_rank`] is one rank process);
+//! - [`control_plane`]: a thousand simulated workers against one coordinator, and the time a
+//!   run takes to recover from a killed worker (absolute figures: no other tool runs here);
 //! - [`dashboard`]: opening a long run in the dashboard against loading its full-resolution
 //!   curve;
 //! - [`nccl_inplace`]: not a race but a check for GPU machines: NCCL reducing training's
@@ -12,6 +14,7 @@
 
 pub mod allreduce;
 pub mod allreduce_rank;
+pub mod control_plane;
 pub mod dashboard;
 pub mod data;
 pub mod nccl_inplace;

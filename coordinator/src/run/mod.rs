@@ -411,6 +411,7 @@ impl Generation<'_> {
         let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut(), self.evaluation, files);
         let outcome = monitor.follow(events_rx, signals).await;
         let final_loss = monitor.last_loss;
+        let still_training = monitor.still_training();
         drop(monitor);
 
         let regroup = match outcome {
@@ -434,9 +435,9 @@ impl Generation<'_> {
                 Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
                 _ => workers.kill().await,
             },
-            // External workers learn of the stop (or regroup) from their next heartbeat's
-            // answer: keep answering for three beats before the server goes.
-            None if !matches!(outcome, Outcome::Succeeded(_)) => {
+            // External workers still training learn of the stop (or regroup) from their next
+            // heartbeat's answer: keep answering for three beats before the server goes.
+            None if !matches!(outcome, Outcome::Succeeded(_)) && still_training > 0 => {
                 let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
                 tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
             }

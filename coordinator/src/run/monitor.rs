@@ -375,6 +375,20 @@ impl<'a> Monitor<'a> {
         Ok(())
     }
 
+    /// Ranks that may still be training without having heard how the generation ended: heard
+    /// from within the last two heartbeat intervals, with neither a result nor a failure
+    /// reported (a rank whose training failed is already on its way to join again).
+    pub(super) fn still_training(&self) -> usize {
+        (0..self.last_seen.len())
+            .filter(|&rank| {
+                self.results[rank].is_none()
+                    && self.failures[rank].is_none()
+                    && self.last_seen[rank]
+                        .is_some_and(|seen| seen.elapsed() <= 2 * self.heartbeat_interval)
+            })
+            .count()
+    }
+
     /// Names the root cause of a failing run once it is known: a rank that died without a
     /// report (its process exited, or it went silent) comes before the ranks that failed
     /// because their peer was gone. `None` while the reports may still be consequences.
