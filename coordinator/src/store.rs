@@ -383,6 +383,15 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the workers of ranks `from` and above: the run went on with fewer.
+    pub fn forget_workers_from(&self, run_id: &str, from: usize) -> anyhow::Result<()> {
+        self.conn.execute(
+            "DELETE FROM workers WHERE run_id = ?1 AND rank >= ?2",
+            params![run_id, from as i64],
+        )?;
+        Ok(())
+    }
+
     /// Forgets a checkpoint whose folder was pruned.
     pub fn remove_checkpoint(&self, run_id: &str, step: u64) -> anyhow::Result<()> {
         self.conn.execute(

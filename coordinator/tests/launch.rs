@@ -1215,6 +1215,11 @@ fn a_group_that_loses_a_worker_for_good_goes_on_with_min_workers_keeping_the_glo
             |r| r.get(0),
         )
         .unwrap();
+    let ranks: i64 = fx
+        .db()
+        .query_row("SELECT COUNT(*) FROM workers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ranks, 2, "the lost rank is no longer listed");
     assert!(
         recorded.contains("keeps the global batch of 48 images"),
         "{recorded}"

@@ -8,6 +8,8 @@
 
 mod communicator;
 mod session;
+
+pub use session::Credentials;
 mod training;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, ToSocketAddrs, UdpSocket};

@@ -31,6 +31,20 @@ pub struct Credentials {
     member: Option<Ascii>,
 }
 
+impl Credentials {
+    /// The credentials of a worker holding `token`, and `member_key` once it has joined; an
+    /// error when either cannot travel in a gRPC header.
+    pub fn new(token: &str, member_key: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Self {
+            token: MetadataValue::try_from(token).context("the join token is not valid ASCII")?,
+            member: member_key
+                .map(MetadataValue::try_from)
+                .transpose()
+                .context("the member key is not valid ASCII")?,
+        })
+    }
+}
+
 impl Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let metadata = request.metadata_mut();

@@ -14,17 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use incept_common::config::Launcher;
 use incept_common::proto::coordinator_client::CoordinatorClient;
-use incept_common::proto::{
-    HeartbeatRequest, JoinRequest, MEMBER_METADATA_KEY, TOKEN_METADATA_KEY,
-};
-use tonic::Request;
-use tonic::metadata::MetadataValue;
+use incept_common::proto::{HeartbeatRequest, JoinRequest};
+use incept_worker::Credentials;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::at_least_one;
-use incept_common::config::Launcher;
-
 use crate::run::DATABASE;
 use crate::store::now;
 
@@ -275,34 +272,14 @@ async fn beat_together(
     })
 }
 
-/// A client speaking with the run's token (and, once joined, the member key).
-fn client(
-    channel: Channel,
-    token: &str,
-    member: Option<&str>,
-) -> anyhow::Result<
-    CoordinatorClient<
-        tonic::service::interceptor::InterceptedService<
-            Channel,
-            impl FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Clone,
-        >,
-    >,
-> {
-    let token: MetadataValue<_> = token.parse()?;
-    let member: Option<MetadataValue<_>> = member.map(str::parse).transpose()?;
+/// The client of a simulated worker.
+type Client = CoordinatorClient<InterceptedService<Channel, Credentials>>;
+
+/// A client speaking as a worker: with the run's token, and, once joined, its member key.
+fn client(channel: Channel, token: &str, member_key: Option<&str>) -> anyhow::Result<Client> {
     Ok(CoordinatorClient::with_interceptor(
         channel,
-        move |mut request: Request<()>| {
-            request
-                .metadata_mut()
-                .insert(TOKEN_METADATA_KEY, token.clone());
-            if let Some(member) = &member {
-                request
-                    .metadata_mut()
-                    .insert(MEMBER_METADATA_KEY, member.clone());
-            }
-            Ok(request)
-        },
+        Credentials::new(token, member_key)?,
     ))
 }
 

@@ -221,6 +221,7 @@ pub async fn launch(
                 );
                 eprintln!("{message}");
                 store.event(&run_id, "warn", &message)?;
+                store.forget_workers_from(&run_id, workers)?;
                 plan.resolved = smaller.to_toml();
                 plan.exp = smaller;
                 plan.number += 1;
