@@ -1361,3 +1361,91 @@ fn a_tls_control_plane_trains_and_refuses_workers_that_do_not_trust_it() {
         text(&out.stderr)
     );
 }
+
+/// A tmpfs of `mib` MiB mounted at `dir` for the life of the value (needs root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, mib: u32) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(text(&out.stderr));
+        }
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    /// Writes zeros into `fill` until the filesystem refuses more.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("fill");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_named_with_the_checkpoint_it_stopped_and_the_run_resumes_once_there_is_room() {
+    let fx = Fixture::new(
+        &(TINY.replace("epochs = 2", "epochs = 10")
+            + "[checkpoint]\nevery_steps = 8\nkeep = 100\n")
+            .replace("[cluster]\n", "[cluster]\nmax_restarts = 2\n"),
+    );
+    let disk = match SmallDisk::mount(&fx.state_dir(), 64) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED a full-disk test: no tmpfs could be mounted (needs root): {why}");
+            return;
+        }
+    };
+    let mut launched = Launched::spawn(&fx);
+    let run_id = launched.run_id();
+    launched.wait_for_line("checkpoint step 16 committed");
+    let filler = disk.fill();
+    let status = wait_for_exit(
+        &mut launched.child,
+        Duration::from_secs(120),
+        "the run on a full disk",
+    );
+    let said: Vec<String> = launched.lines.try_iter().collect();
+    let said = said.join("\n");
+    assert!(!status.success(), "{said}");
+    assert!(said.contains(" is full (0 bytes free)"), "{said}");
+    assert!(
+        said.contains("(rank 0 failed: writing the checkpoint of step ")
+            && said.contains("No space left on device"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("launch --resume {run_id}")),
+        "{said}"
+    );
+    assert!(
+        !said.contains("re-forms"),
+        "a full disk is not retried: {said}"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let mut cmd = fx.coordinator(&["launch", "--resume", &run_id]);
+    cmd.current_dir(fx.dir.path());
+    let out = run_with_limit(cmd, Duration::from_secs(300));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let steps: Vec<i64> = losses(&fx).into_iter().map(|(step, _)| step).collect();
+    assert_eq!(
+        steps,
+        (1..=240).collect::<Vec<_>>(),
+        "every step recorded once"
+    );
+}

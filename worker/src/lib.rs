@@ -12,6 +12,7 @@ mod session;
 pub use session::Credentials;
 mod training;
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,7 +81,9 @@ pub fn main_with(args: WorkerArgs) -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("worker error: {err:#}");
+            // Its log may be on a full disk: an unwritable stderr must not turn the error into
+            // a panic.
+            let _ = writeln!(std::io::stderr(), "worker error: {err:#}");
             ExitCode::FAILURE
         }
     }

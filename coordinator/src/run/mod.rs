@@ -4,6 +4,7 @@
 //! [`prepare`] turns an experiment file or a run id into a run ready to start, [`monitor`]
 //! follows its events and workers, and [`report`] records and prints how it ended.
 
+mod disk;
 mod dying;
 mod evaluate;
 mod monitor;
@@ -62,6 +63,9 @@ enum Outcome {
     Failed(String),
     /// Stopped by a signal to the coordinator (Ctrl-C, or a scheduler's SIGTERM or SIGHUP).
     Interrupted(signals::Signal),
+    /// The run database could not be written (a full disk, most often): re-forming the group
+    /// would not help.
+    Unrecorded(String),
     /// A re-forming group did not fill within `cluster.rejoin_timeout_s`; this many workers
     /// joined (at least `cluster.min_workers`): the run goes on with them.
     Shrink(usize),
@@ -188,6 +192,13 @@ pub async fn launch(
             .run(&mut store, &plan, &mut signals, &mut files)
             .await?;
         match outcome {
+            // Another generation would fill the same disk: stop, saying so.
+            Outcome::Failed(cause) if disk::mentions_full(&cause) => {
+                break (
+                    Outcome::Unrecorded(disk::explain(&run_dir, &cause)),
+                    final_loss,
+                );
+            }
             Outcome::Failed(cause) if plan.may_regroup => {
                 // An evaluation starts again from the weights it evaluates.
                 if evaluation.is_none() {
@@ -418,7 +429,7 @@ impl Generation<'_> {
         let regroup = match outcome {
             Outcome::Failed(_) => plan.may_regroup,
             Outcome::Shrink(_) => true,
-            Outcome::Succeeded(_) | Outcome::Interrupted(_) => false,
+            Outcome::Succeeded(_) | Outcome::Interrupted(_) | Outcome::Unrecorded(_) => false,
         };
         ctx.regroup.store(regroup, Ordering::Relaxed);
         ctx.stopping.store(true, Ordering::Relaxed);

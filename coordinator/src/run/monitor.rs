@@ -17,6 +17,7 @@ use crate::service::{Event, RunContext};
 use crate::store::{LEASE_RENEW_S, Protocol, Store, rates};
 use crate::tensorboard::EventWriter;
 
+use super::disk;
 use super::dying::DyingAlert;
 use super::signals::{Signal, Signals};
 use super::straggler::StragglerWatch;
@@ -139,11 +140,38 @@ impl<'a> Monitor<'a> {
             match step {
                 Ok(Some(outcome)) => break outcome,
                 Ok(None) => {}
+                Err(err) if disk::is_full(&err) => break self.disk_full(err, &mut events).await,
                 Err(err) => break Outcome::Failed(format!("recording the run failed: {err:#}")),
             }
         };
         self.progress.finish();
         outcome
+    }
+
+    /// The run's disk is full: names it, with its free space and what the workers reported
+    /// (rank 0's checkpoint most likely failed too: its report is waited for a moment, not
+    /// recorded).
+    async fn disk_full(
+        &mut self,
+        err: anyhow::Error,
+        events: &mut UnboundedReceiver<Event>,
+    ) -> Outcome {
+        let run_dir = Path::new(&self.ctx.checkpoint_dir)
+            .parent()
+            .unwrap_or(Path::new("."));
+        let mut message = disk::explain(run_dir, &format!("{err:#}"));
+        let deadline = tokio::time::Instant::now() + 3 * self.heartbeat_interval;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            if let Event::Finished(result) = event
+                && !result.error.is_empty()
+            {
+                message.push_str(&format!(
+                    "\n(rank {} failed: {})",
+                    result.rank, result.error
+                ));
+            }
+        }
+        Outcome::Unrecorded(message)
     }
 
     /// A stop signal: a training run first asks rank 0 for a checkpoint of its current step

@@ -32,6 +32,9 @@ pub(super) fn report(store: &Store, ended: &Ended, outcome: Outcome) -> anyhow::
         final_loss,
         elapsed,
     } = *ended;
+    if let Outcome::Unrecorded(error) = &outcome {
+        return Ok(unrecorded(store, run_id, run_dir, error));
+    }
     store.release_lease(run_id)?;
     match outcome {
         Outcome::Succeeded(eval) => {
@@ -90,6 +93,30 @@ pub(super) fn report(store: &Store, ended: &Ended, outcome: Outcome) -> anyhow::
             );
             Ok(ExitCode::from(signal.exit_code()))
         }
-        Outcome::Shrink(_) => unreachable!("a group that shrinks goes on in another generation"),
+        Outcome::Shrink(_) | Outcome::Unrecorded(_) => {
+            unreachable!("a group that shrinks goes on; an unrecorded end is reported above")
+        }
     }
+}
+
+/// A run whose database could not be written: its end is recorded if the database takes it,
+/// and the user is told how to continue once the cause is fixed.
+fn unrecorded(store: &Store, run_id: &str, run_dir: &Path, error: &str) -> ExitCode {
+    let recorded = store
+        .finish_run(run_id, RunStatus::Failed, None, Some(error))
+        .and_then(|()| store.release_lease(run_id));
+    eprintln!("run {run_id} failed: {error}");
+    if recorded.is_err() {
+        eprintln!(
+            "its end could not be written to the run database either; `coordinator runs` shows \
+             it stale once this coordinator has exited"
+        );
+    }
+    let state_dir = run_dir.parent().unwrap_or(Path::new("."));
+    eprintln!(
+        "make room, then continue it from its newest whole checkpoint with: coordinator launch \
+         --resume {run_id} --state-dir {}",
+        state_dir.display()
+    );
+    ExitCode::FAILURE
 }
