@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use incept_common::testing::skip;
-use support::{COORDINATOR, Fixture, TINY, run_with_limit, text, workspace_file};
+use support::{COORDINATOR, Fixture, TINY, free_port, run_with_limit, text, workspace_file};
 
 /// Runs a checker script; exit status 77 means its tools are missing (the test is skipped).
 fn run_checker(test: &str, script: &str) {
@@ -153,15 +153,6 @@ fn cluster(args: &[&str]) -> Output {
     cmd.arg(workspace_file("deploy/slurm/cluster.sh"))
         .args(args);
     run_with_limit(cmd, Duration::from_secs(360))
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The run's status and its rank 0's distinct steps, from the state directory's database.

@@ -319,12 +319,7 @@ fn a_second_coordinator_is_refused_and_a_dead_one_shows_as_stale() {
 
 /// Kills the worker process of `rank` (kill -9), as a node failure would.
 fn kill_rank(fx: &Fixture, rank: u32) {
-    let pid: i64 = fx
-        .db()
-        .query_row("SELECT pid FROM workers WHERE rank = ?1", [rank], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let pid = rank_pid(fx, rank);
     let killed = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -447,10 +442,7 @@ fn a_stopped_worker_is_detected_named_and_replaced() {
     ));
     let mut launched = Launched::spawn(&fx);
     launched.wait_for_line("checkpoint step 8 committed");
-    let pid: i64 = fx
-        .db()
-        .query_row("SELECT pid FROM workers WHERE rank = 1", [], |r| r.get(0))
-        .unwrap();
+    let pid = rank_pid(&fx, 1);
     let stopped = Instant::now();
     let sent = Command::new("kill")
         .args(["-STOP", &pid.to_string()])
@@ -1121,15 +1113,6 @@ fn start_worker(command: &mut Command) -> (Child, mpsc::Receiver<String>) {
     let (tx, lines) = mpsc::channel();
     forward_lines(worker.stderr.take().unwrap(), tx);
     (worker, lines)
-}
-
-/// A free TCP port on the loopback interface (free when this returns).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

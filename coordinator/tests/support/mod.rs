@@ -265,3 +265,12 @@ pub fn is_running(pid: i64) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// A free TCP port on the loopback interface (free when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
