@@ -81,68 +81,6 @@ pub fn check_local_devices(cluster: &ClusterSection) -> anyhow::Result<()> {
 /// Worker processes spawned by this coordinator; killed when dropped.
 pub struct LocalWorkers {
     workers: Vec<LocalWorker>,
-    /// How each is started (kept to replace one that died).
-    start: Start,
-}
-
-/// What starting a local worker takes.
-struct Start {
-    worker: WorkerCommand,
-    cluster: ClusterSection,
-    url: String,
-    token: String,
-    log_dir: PathBuf,
-}
-
-impl Start {
-    /// Starts worker `index`; its log, `worker-<index>.log`, is appended to (a replacement's
-    /// follows the lines of the worker that died).
-    fn spawn(&self, index: usize) -> anyhow::Result<LocalWorker> {
-        let log = self.log_dir.join(format!("worker-{index}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let cluster = &self.cluster;
-        let mut command = Command::new(&self.worker.program);
-        command
-            .args(&self.worker.leading_args)
-            .arg("--coordinator")
-            .arg(&self.url)
-            .args(["--listen-host", "127.0.0.1"])
-            // Worker i asks for rank i: a replacement takes the lost worker's rank, never a
-            // survivor's (survivors ask for theirs again).
-            .arg("--rank-hint")
-            .arg(index.to_string())
-            // The certificate (chain) names its own issuer: for a self-signed one, itself.
-            .args(
-                cluster
-                    .tls_cert
-                    .iter()
-                    .flat_map(|cert| [OsStr::new("--tls-ca"), cert.as_os_str()]),
-            )
-            .env("INCEPT_TOKEN", &self.token)
-            .env("RAYON_NUM_THREADS", cluster.threads_per_worker.to_string())
-            .env("LOCAL_RANK", (index % cluster.gpus_per_node).to_string())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true);
-        end_with_this_process(&mut command);
-        let child = command.spawn().with_context(|| {
-            format!(
-                "starting worker {index} ({})",
-                self.worker.program.display()
-            )
-        })?;
-        Ok(LocalWorker {
-            index,
-            pid: child.id(),
-            child,
-            log,
-        })
-    }
 }
 
 impl LocalWorkers {
@@ -156,40 +94,44 @@ impl LocalWorkers {
         token: &str,
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let start = Start {
-            worker: worker.clone(),
-            cluster: cluster.clone(),
-            url: url.to_string(),
-            token: token.to_string(),
-            log_dir: log_dir.to_path_buf(),
-        };
-        let workers = (0..cluster.world_size)
-            .map(|index| start.spawn(index))
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self { workers, start })
-    }
-
-    /// Starts a new process in place of each worker that has exited (the survivors join the
-    /// next generation by themselves); returns how many were started.
-    pub fn replace_exited(&mut self) -> anyhow::Result<usize> {
-        let mut replaced = 0;
-        for slot in &mut self.workers {
-            if matches!(slot.child.try_wait(), Ok(Some(_))) {
-                *slot = self.start.spawn(slot.index)?;
-                replaced += 1;
-            }
+        let count = cluster.world_size;
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let log = log_dir.join(format!("worker-{index}.log"));
+            let file = std::fs::File::create(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let mut command = Command::new(&worker.program);
+            command
+                .args(&worker.leading_args)
+                .arg("--coordinator")
+                .arg(url)
+                .args(["--listen-host", "127.0.0.1"])
+                // The certificate (chain) names its own issuer: for a self-signed one, itself.
+                .args(
+                    cluster
+                        .tls_cert
+                        .iter()
+                        .flat_map(|cert| [OsStr::new("--tls-ca"), cert.as_os_str()]),
+                )
+                .env("INCEPT_TOKEN", token)
+                .env("RAYON_NUM_THREADS", cluster.threads_per_worker.to_string())
+                .env("LOCAL_RANK", (index % cluster.gpus_per_node).to_string())
+                .stdin(Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .kill_on_drop(true);
+            end_with_this_process(&mut command);
+            let child = command.spawn().with_context(|| {
+                format!("starting worker {index} ({})", worker.program.display())
+            })?;
+            workers.push(LocalWorker {
+                index,
+                pid: child.id(),
+                child,
+                log,
+            });
         }
-        Ok(replaced)
-    }
-
-    /// Kills the workers with these process ids: silent ones, which cannot be told to join
-    /// again (stopped, hung), so that they are replaced.
-    pub async fn kill_pids(&mut self, pids: &[u32]) {
-        for w in &mut self.workers {
-            if w.pid.is_some_and(|pid| pids.contains(&pid)) {
-                let _ = w.child.kill().await;
-            }
-        }
+        Ok(Self { workers })
     }
 
     /// Every worker that exited unsuccessfully: its process id and how it ended, with the end

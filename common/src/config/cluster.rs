@@ -63,13 +63,12 @@ pub struct ClusterSection {
     /// the preflight finds a driver, a GPU and NVRTC; else cpu).
     pub device: DeviceKind,
     /// Generations a run may start after the first: each time a worker is lost the group
-    /// re-forms from the newest checkpoint that verifies (survivors join again by themselves;
-    /// the local launcher starts a new process for a lost worker, an external one is replaced
-    /// by running `worker` again); past this many the run fails with every generation's cause.
+    /// re-forms from the newest checkpoint that verifies (the local launcher restarts its
+    /// workers; external survivors join again by themselves, a lost one by running `worker`
+    /// again); past this many the run fails with every generation's cause.
     pub max_restarts: usize,
-    /// The fewest external workers a re-formed group may continue with (default: `world_size`,
-    /// never smaller; the local launcher replaces its lost workers instead). With fewer, the
-    /// group starts once `rejoin_timeout_s` has passed: the global
+    /// The fewest workers a re-formed group may continue with (default: `world_size`, never
+    /// smaller). With fewer, the group starts once `rejoin_timeout_s` has passed: the global
     /// batch is kept through `train.accumulate` when the numbers divide, else the learning rate
     /// follows the linear scaling rule.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -90,9 +90,9 @@ pub enum Start<'a> {
 /// Workers join with `token` (default: a new random one).
 ///
 /// A run is a sequence of generations: when one fails, the group re-forms from the newest
-/// checkpoint that verifies, up to `cluster.max_restarts` times: workers that survive join the
-/// next generation by themselves; a lost one is replaced (the local launcher starts a new
-/// process in its place; an external one by running `worker` again), or, after
+/// checkpoint that verifies, up to `cluster.max_restarts` times: the local launcher restarts its
+/// workers (as torchrun restarts its worker group); external ones that survive join the next
+/// generation by themselves, and a lost one is replaced by running `worker` again, or, after
 /// `cluster.rejoin_timeout_s`, the run goes on without it down to `cluster.min_workers` (as
 /// Horovod Elastic does).
 pub async fn launch(
@@ -187,11 +187,9 @@ pub async fn launch(
         may_regroup: exp.cluster.max_restarts > 0,
     };
     let mut causes = Vec::new();
-    // This coordinator's worker processes, kept across generations.
-    let mut local = None;
     let (outcome, final_loss) = loop {
         let (outcome, final_loss) = generation
-            .run(&mut store, &plan, &mut local, &mut signals, &mut files)
+            .run(&mut store, &plan, &mut signals, &mut files)
             .await?;
         match outcome {
             // Another generation would fill the same disk: stop, saying so.
@@ -313,7 +311,6 @@ impl Generation<'_> {
         &self,
         store: &mut Store,
         plan: &Plan,
-        local: &mut Option<LocalWorkers>,
         signals: &mut Signals,
         files: &mut RunFiles,
     ) -> anyhow::Result<(Outcome, f64)> {
@@ -384,29 +381,13 @@ impl Generation<'_> {
             println!("state: {}", self.run_dir.display());
         }
         let mut workers = match self.worker_bin {
-            Some(bin) => {
-                match local.as_mut() {
-                    // Survivors join again by themselves; the lost ones are replaced.
-                    Some(workers) => {
-                        let replaced = workers.replace_exited()?;
-                        println!(
-                            "generation {}: {replaced} worker process(es) started in place of \
-                             those lost; the others join again",
-                            plan.number
-                        );
-                    }
-                    None => {
-                        *local = Some(LocalWorkers::spawn(
-                            bin,
-                            &exp.cluster,
-                            &url,
-                            self.token,
-                            self.run_dir,
-                        )?)
-                    }
-                }
-                local.as_mut()
-            }
+            Some(bin) => Some(LocalWorkers::spawn(
+                bin,
+                &exp.cluster,
+                &url,
+                self.token,
+                self.run_dir,
+            )?),
             None => {
                 // Listening on every interface: workers elsewhere reach it by this host's name.
                 let reachable = if addr.ip().is_unspecified() {
@@ -439,18 +420,10 @@ impl Generation<'_> {
             }
         };
 
-        let mut monitor = Monitor::new(
-            exp,
-            &ctx,
-            store,
-            workers.as_deref_mut(),
-            self.evaluation,
-            files,
-        );
+        let mut monitor = Monitor::new(exp, &ctx, store, workers.as_mut(), self.evaluation, files);
         let outcome = monitor.follow(events_rx, signals).await;
         let final_loss = monitor.last_loss;
         let still_training = monitor.still_training();
-        let silent = monitor.silent_pids();
         drop(monitor);
 
         let regroup = match outcome {
@@ -469,20 +442,18 @@ impl Generation<'_> {
         } else {
             tonic::Status::aborted(format!("run {} has ended", self.run_id))
         });
-        if let Some(workers) = workers.as_mut() {
-            match outcome {
+        match workers.as_mut() {
+            Some(workers) => match outcome {
                 Outcome::Succeeded(_) => workers.stop(Duration::from_secs(30)).await,
-                // A silent worker cannot hear it: it is killed, and replaced next generation.
-                _ if regroup => workers.kill_pids(&silent).await,
                 _ => workers.kill().await,
+            },
+            // External workers still training learn of the stop (or regroup) from their next
+            // heartbeat's answer: keep answering for three beats before the server goes.
+            None if !matches!(outcome, Outcome::Succeeded(_)) && still_training > 0 => {
+                let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
+                tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
             }
-        }
-        // Workers still training learn of the stop (or regroup) from their next heartbeat's
-        // answer: keep answering for up to three beats before the server goes.
-        let told_by_heartbeat = regroup || workers.is_none();
-        if told_by_heartbeat && !matches!(outcome, Outcome::Succeeded(_)) && still_training > 0 {
-            let beats = 3 * Duration::from_millis(exp.cluster.heartbeat_interval_ms);
-            tokio::time::sleep(beats.min(Duration::from_secs(10))).await;
+            None => {}
         }
         let _ = shutdown.send(());
         let _ = server.await;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use incept_common::config::{Experiment, Launcher};
+use incept_common::config::Experiment;
 use incept_common::proto::{StepMetrics, WorkerResult};
 use incept_common::train::checkpoint;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -93,16 +93,12 @@ impl<'a> Monitor<'a> {
             progress,
             heartbeat_timeout: Duration::from_secs(exp.cluster.heartbeat_timeout_s),
             join_deadline: Instant::now() + Duration::from_secs(exp.cluster.join_timeout_s),
-            // The local launcher replaces lost workers: only external groups shrink.
-            shrink_from: (ctx.generation > 0
-                && exp.cluster.launcher == Launcher::External
-                && exp.cluster.min_workers() < world)
-                .then(|| {
-                    (
-                        Instant::now() + Duration::from_secs(exp.cluster.rejoin_timeout_s),
-                        exp.cluster.min_workers(),
-                    )
-                }),
+            shrink_from: (ctx.generation > 0 && exp.cluster.min_workers() < world).then(|| {
+                (
+                    Instant::now() + Duration::from_secs(exp.cluster.rejoin_timeout_s),
+                    exp.cluster.min_workers(),
+                )
+            }),
             last_seen: vec![None; world],
             heartbeat_interval: Duration::from_millis(exp.cluster.heartbeat_interval_ms),
             pids: vec![None; world],
@@ -419,20 +415,6 @@ impl<'a> Monitor<'a> {
                         .is_some_and(|seen| seen.elapsed() <= 2 * self.heartbeat_interval)
             })
             .count()
-    }
-
-    /// Process ids of the ranks silent for over two heartbeat intervals without a report:
-    /// stopped or hung, they cannot be told to join again.
-    pub(super) fn silent_pids(&self) -> Vec<u32> {
-        (0..self.last_seen.len())
-            .filter(|&rank| {
-                self.results[rank].is_none()
-                    && self.failures[rank].is_none()
-                    && self.last_seen[rank]
-                        .is_some_and(|seen| seen.elapsed() > 2 * self.heartbeat_interval)
-            })
-            .filter_map(|rank| self.pids[rank])
-            .collect()
     }
 
     /// Names the root cause of a failing run once it is known: a rank that died without a
