@@ -1211,13 +1211,10 @@ fn a_group_that_loses_a_worker_for_good_goes_on_with_min_workers_keeping_the_glo
 
 #[test]
 fn a_resumed_coordinator_takes_back_the_external_workers_of_a_killed_one() {
-    let port = free_port();
+    // An ephemeral port (the default): the resumed coordinator takes the same one again.
     let fx = Fixture::new(&external(&checkpointed()).replace(
         "[cluster]\n",
-        &format!(
-            "[cluster]\nbind = \"127.0.0.1:{port}\"\nheartbeat_timeout_s = 2\n\
-             reconnect_timeout_s = 120\n"
-        ),
+        "[cluster]\nheartbeat_timeout_s = 2\nreconnect_timeout_s = 120\n",
     ));
     let launched = Launched::spawn(&fx);
     let run_id = launched.run_id();

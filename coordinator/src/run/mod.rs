@@ -53,6 +53,9 @@ use self::trace::TraceFile;
 pub const DATABASE: &str = "incept.db";
 /// The run's join token (mode 0600), inside its run folder.
 const TOKEN: &str = "token";
+/// The address the run's coordinator listened on (inside its run folder): a resumed run with
+/// an ephemeral `cluster.bind` port listens there again, where its workers knock.
+const ADDRESS: &str = "coordinator.addr";
 /// The folder of a run's checkpoints, inside its run folder.
 pub(super) const CHECKPOINTS: &str = "checkpoints";
 
@@ -148,9 +151,7 @@ pub async fn launch(
     }
 
     let tls = crate::tls::server_config(&exp.cluster)?;
-    let listener = std::net::TcpListener::bind(&exp.cluster.bind)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .with_context(|| format!("binding cluster.bind = {}", exp.cluster.bind))?;
+    let listener = bind(&exp.cluster.bind, &run_dir)?;
     let generation = Generation {
         run_id: &run_id,
         run_dir: &run_dir,
@@ -459,6 +460,28 @@ impl Generation<'_> {
         let _ = server.await;
         Ok((outcome, final_loss))
     }
+}
+
+/// Binds the control plane's socket: `cluster.bind`, except that with port 0 a run that has
+/// listened before takes its previous address again when it is free, so workers cut off from
+/// a coordinator that died find the resumed one. The address is recorded for the next time.
+fn bind(configured: &str, run_dir: &Path) -> anyhow::Result<std::net::TcpListener> {
+    let wanted: SocketAddr = configured
+        .parse()
+        .with_context(|| format!("cluster.bind = {configured} is not an address"))?;
+    let previous = std::fs::read_to_string(run_dir.join(ADDRESS))
+        .ok()
+        .and_then(|text| text.trim().parse::<SocketAddr>().ok())
+        .filter(|previous| wanted.port() == 0 && previous.ip() == wanted.ip());
+    let listener = match previous.and_then(|addr| std::net::TcpListener::bind(addr).ok()) {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(wanted)
+            .with_context(|| format!("binding cluster.bind = {configured}"))?,
+    };
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?.to_string();
+    write_atomic(&run_dir.join(ADDRESS), bound.as_bytes(), 0o644)?;
+    Ok(listener)
 }
 
 /// The token a run was started with (its run folder's `token`), if it has one.
