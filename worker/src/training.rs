@@ -214,7 +214,7 @@ fn train<B: TrainBackend>(
         let asked = checkpoints.enabled && progress.checkpoint_now.swap(false, Ordering::Relaxed);
         if asked || checkpoints.due(done, total) {
             let started = Instant::now();
-            let report = checkpoints.write(&replica, done)?;
+            let report = checkpoints.write(&replica, done, asked)?;
             replica
                 .timeline()
                 .record_until_now(done, Lane::Training, "checkpoint", started);
@@ -292,10 +292,12 @@ impl Checkpointer<'_> {
         self.enabled && (done == total || (self.every > 0 && done.is_multiple_of(self.every)))
     }
 
+    /// Writes the checkpoint of step `done`; `asked`: because the coordinator asked for it.
     fn write<B: TrainBackend>(
         &self,
         replica: &Replica<B>,
         done: u64,
+        asked: bool,
     ) -> anyhow::Result<CheckpointReport> {
         let dir = checkpoint::write(&self.root, &replica.state(done), self.config)
             .with_context(|| format!("writing the checkpoint of step {done}"))?;
@@ -304,6 +306,7 @@ impl Checkpointer<'_> {
             rank: 0,
             step: done,
             path: dir.display().to_string(),
+            asked,
         })
     }
 }

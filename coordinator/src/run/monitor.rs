@@ -291,8 +291,11 @@ impl<'a> Monitor<'a> {
             }
             Event::Checkpoint(report) => {
                 self.commit_checkpoint(report.step, &report.path)?;
-                // The last step's checkpoint comes just before the run succeeds: let it.
+                // Only the checkpoint asked for ends a stopping run: rank 0 trains on until it
+                // has written it (a scheduled one may cross the ask). The last step's comes just
+                // before the run succeeds: let it.
                 if let Some((signal, _)) = self.draining
+                    && report.asked
                     && report.step < self.ctx.total_steps
                 {
                     return Ok(Some(Outcome::Interrupted(signal)));
