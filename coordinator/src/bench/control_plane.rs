@@ -21,7 +21,7 @@ use incept_worker::Credentials;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use super::at_least_one;
+use super::{at_least_one, in_scratch_dir, status_mib};
 use crate::run::DATABASE;
 use crate::store::now;
 
@@ -43,11 +43,7 @@ pub struct ControlPlaneBench {
 }
 
 pub fn run(bench: &ControlPlaneBench) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("incept-bench-control-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(bench, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_scratch_dir("control", |dir| measure(bench, dir))
 }
 
 fn measure(bench: &ControlPlaneBench, dir: &Path) -> anyhow::Result<()> {
@@ -260,7 +256,8 @@ async fn beat_together(
     }
     let window_s = window.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds(pid)? - cpu_before;
-    let (rss_mib, peak_rss_mib) = memory_mib(pid)?;
+    let pid = pid.to_string();
+    let (rss_mib, peak_rss_mib) = (status_mib(&pid, "VmRSS")?, status_mib(&pid, "VmHWM")?);
     beats.sort_by(f64::total_cmp);
     Ok(Scale {
         rendezvous_s,
@@ -347,21 +344,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf reads a constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((ticks(11)? + ticks(12)?) / per_second)
-}
-
-/// Resident and peak resident memory of `pid`, in MiB.
-fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<f64> {
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
-        Ok(kib / 1024.0)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// What the recovery half measured.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use incept_common::proto::StepMetrics;
 
-use super::at_least_one;
+use super::{at_least_one, in_scratch_dir};
 use crate::dashboard;
 use crate::run::DATABASE;
 use crate::store::Store;
@@ -31,11 +31,7 @@ pub struct DashboardBench {
 }
 
 pub fn run(bench: &DashboardBench) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("incept-bench-dashboard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = measure(bench, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_scratch_dir("dashboard", |dir| measure(bench, dir))
 }
 
 fn measure(bench: &DashboardBench, dir: &Path) -> anyhow::Result<()> {

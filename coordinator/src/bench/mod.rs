@@ -51,14 +51,33 @@ pub fn median(values: &mut [f64]) -> f64 {
 
 /// This process's peak resident set (`VmHWM`), in MiB.
 pub fn peak_rss_mib() -> anyhow::Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status_mib("self", "VmHWM")
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`, …) of process `pid` ("self": this one), in MiB, from
+/// `/proc/PID/status`.
+pub fn status_mib(pid: &str, field: &str) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")?;
+        .with_context(|| format!("no {field} in {path}"))?;
     Ok(kib / 1024.0)
+}
+
+/// Runs `measure` in a scratch folder of its own (`incept-bench-NAME-PID` in the temp
+/// directory), removed afterwards whatever the result.
+pub fn in_scratch_dir(
+    name: &str,
+    measure: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("incept-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = measure(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// Runs a baseline script with `python3` and parses the JSON line it prints last.
@@ -92,6 +111,17 @@ pub fn run_json_script<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_figures_of_this_process_and_a_missing_one() {
+        let (rss, peak) = (
+            status_mib("self", "VmRSS").unwrap(),
+            peak_rss_mib().unwrap(),
+        );
+        assert!(rss > 0.0 && peak >= rss, "{rss} {peak}");
+        assert!(status_mib("self", "VmNothing").is_err());
+        assert!(status_mib("999999999", "VmRSS").is_err());
+    }
 
     #[test]
     fn median_of_odd_and_even() {
