@@ -1,5 +1,6 @@
-//! Which device a worker computes on (`cluster.device`), which GPU (`LOCAL_RANK`), and the
-//! preflight that turns a missing CUDA piece into a clear error before any model is built.
+//! Which device a worker computes on (`cluster.device`), which GPU (`LOCAL_RANK`), whose
+//! kernels compute there (`cluster.kernels`), and the preflight that turns a missing CUDA piece
+//! into a clear error before any model is built.
 //!
 //! burn's CUDA runtime panics deep inside when a piece is missing: the driver (`libcuda`), the
 //! GPU, NVRTC (cubecl compiles its kernels at run time) or the CUDA headers NVRTC includes
@@ -12,7 +13,7 @@ use std::ffi::{OsString, c_int};
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::config::DeviceKind;
+use crate::config::{DeviceKind, KernelsKind};
 
 /// Environment variables that carry a process's rank on its node, in the order they are read:
 /// torchrun's and incept's launchers, Slurm's `srun`, Open MPI's `mpirun`.
@@ -37,6 +38,97 @@ impl fmt::Display for ComputeDevice {
     }
 }
 
+/// Whose kernels compute the model, resolved from `cluster.kernels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFamily {
+    /// burn's own: flex on the CPU, cubecl's on a GPU.
+    Burn,
+    /// LibTorch's (the `libtorch` feature): oneDNN/MKL on the CPU, cuDNN/cuBLAS on a GPU.
+    Libtorch,
+}
+
+impl KernelFamily {
+    /// Whether this binary was built with these kernels.
+    pub fn built(self) -> bool {
+        match self {
+            KernelFamily::Burn => true,
+            KernelFamily::Libtorch => cfg!(feature = "libtorch"),
+        }
+    }
+
+    /// What to do when this binary cannot compute with these kernels on `device`.
+    pub fn missing_from_build(self, device: ComputeDevice) -> String {
+        match (self, device) {
+            (KernelFamily::Libtorch, _) => NO_LIBTORCH.to_owned(),
+            (KernelFamily::Burn, _) => format!(
+                "burn's kernels on {device}: this binary was built without the `cuda` feature \
+                 (cargo build --release --features cuda)"
+            ),
+        }
+    }
+}
+
+/// Why a binary without the `libtorch` feature cannot run `cluster.kernels = "libtorch"`, and
+/// how to get one that can.
+pub const NO_LIBTORCH: &str = "cluster.kernels = \"libtorch\" needs a build with LibTorch, and \
+    this one was built without it: run deploy/libtorch/setup.sh (it installs PyTorch 2.9.0 into \
+    a virtual environment and builds with `--features libtorch`), or set cluster.kernels = \
+    \"burn\" (or \"auto\")";
+
+impl fmt::Display for KernelFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KernelFamily::Burn => "burn",
+            KernelFamily::Libtorch => "libtorch",
+        })
+    }
+}
+
+/// Where and with whose kernels a worker computes: what selects its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    /// The device.
+    pub device: ComputeDevice,
+    /// The kernels.
+    pub kernels: KernelFamily,
+}
+
+impl fmt::Display for Compute {
+    /// `libtorch on cpu`, `burn (flex) on cpu`, `burn (cubecl) on cuda:0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.kernels, self.device) {
+            (KernelFamily::Burn, ComputeDevice::Cpu) => write!(f, "burn (flex) on cpu"),
+            (KernelFamily::Burn, device) => write!(f, "burn (cubecl) on {device}"),
+            (KernelFamily::Libtorch, device) => write!(f, "libtorch on {device}"),
+        }
+    }
+}
+
+/// Resolves `cluster.kernels`: `libtorch` needs a build with it, `auto` takes it when built.
+pub fn resolve_kernels(kind: KernelsKind) -> anyhow::Result<KernelFamily> {
+    match kind {
+        KernelsKind::Burn => Ok(KernelFamily::Burn),
+        KernelsKind::Libtorch if KernelFamily::Libtorch.built() => Ok(KernelFamily::Libtorch),
+        KernelsKind::Libtorch => Err(anyhow::anyhow!(NO_LIBTORCH)),
+        KernelsKind::Auto if KernelFamily::Libtorch.built() => Ok(KernelFamily::Libtorch),
+        KernelsKind::Auto => Ok(KernelFamily::Burn),
+    }
+}
+
+/// Resolves `cluster.device` and `cluster.kernels` for GPU `ordinal` (see [`resolve`] and
+/// [`resolve_kernels`]).
+pub fn resolve_compute(
+    device: DeviceKind,
+    kernels: KernelsKind,
+    ordinal: usize,
+) -> anyhow::Result<Compute> {
+    let kernels = resolve_kernels(kernels)?;
+    Ok(Compute {
+        device: resolve(device, kernels, ordinal)?,
+        kernels,
+    })
+}
+
 /// This process's rank on its node: the first of [`LOCAL_RANK_VARS`] that is set, else 0.
 pub fn local_rank() -> anyhow::Result<usize> {
     for var in LOCAL_RANK_VARS {
@@ -49,16 +141,20 @@ pub fn local_rank() -> anyhow::Result<usize> {
     Ok(0)
 }
 
-/// Resolves `kind` for GPU `ordinal`: `cuda` must pass the preflight (else the error lists
-/// what is missing), `auto` falls back to the CPU when it does not.
-pub fn resolve(kind: DeviceKind, ordinal: usize) -> anyhow::Result<ComputeDevice> {
+/// Resolves `kind` for GPU `ordinal` and `kernels`: `cuda` must pass the preflight (else the
+/// error lists what is missing), `auto` falls back to the CPU when it does not.
+pub fn resolve(
+    kind: DeviceKind,
+    kernels: KernelFamily,
+    ordinal: usize,
+) -> anyhow::Result<ComputeDevice> {
     match kind {
         DeviceKind::Cpu => Ok(ComputeDevice::Cpu),
-        DeviceKind::Cuda => match preflight(ordinal) {
+        DeviceKind::Cuda => match preflight(ordinal, kernels) {
             Ok(()) => Ok(ComputeDevice::Cuda(ordinal)),
             Err(missing) => Err(anyhow::anyhow!("cluster.device = \"cuda\": {missing}")),
         },
-        DeviceKind::Auto => match preflight(ordinal) {
+        DeviceKind::Auto => match preflight(ordinal, kernels) {
             Ok(()) => Ok(ComputeDevice::Cuda(ordinal)),
             Err(missing) => {
                 tracing::info!("cluster.device = \"auto\" chose the CPU: {missing}");
@@ -84,10 +180,28 @@ impl fmt::Display for Missing {
 
 impl std::error::Error for Missing {}
 
-/// Checks the build, the driver, GPU `ordinal`, NVRTC and the CUDA headers; names each piece
-/// that is missing.
-pub fn preflight(ordinal: usize) -> Result<(), Missing> {
+/// Checks the build, the driver and GPU `ordinal`, and what the `kernels` need besides: NVRTC
+/// and the CUDA headers for burn's (cubecl compiles at run time), a libtorch with CUDA for
+/// LibTorch's; names each piece that is missing.
+pub fn preflight(ordinal: usize, kernels: KernelFamily) -> Result<(), Missing> {
     let mut missing = Vec::new();
+    if kernels == KernelFamily::Libtorch {
+        if let Err(problem) = gpu_count().and_then(|count| visible(ordinal, count)) {
+            missing.push(problem);
+        }
+        if !libtorch_has_cuda() {
+            missing.push(
+                "the libtorch this binary runs with has no CUDA (a CPU-only PyTorch build): \
+                 install PyPI's Linux `torch` wheel, which is the CUDA build"
+                    .to_owned(),
+            );
+        }
+        return if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Missing(missing))
+        };
+    }
     if !cfg!(feature = "cuda") {
         missing.push(
             "this binary was built without CUDA: build it with `cargo build --release --features \
@@ -95,14 +209,8 @@ pub fn preflight(ordinal: usize) -> Result<(), Missing> {
                 .to_owned(),
         );
     }
-    match gpu_count() {
-        Err(problem) => missing.push(problem),
-        Ok(count) if ordinal >= count => missing.push(format!(
-            "GPU {ordinal} (from {}) is not visible: the driver sees {count} GPU(s) \
-             (check CUDA_VISIBLE_DEVICES and cluster.gpus_per_node)",
-            LOCAL_RANK_VARS.join(" / ")
-        )),
-        Ok(_) => {}
+    if let Err(problem) = gpu_count().and_then(|count| visible(ordinal, count)) {
+        missing.push(problem);
     }
     if open_library("nvrtc").is_none() {
         missing.push(
@@ -120,6 +228,26 @@ pub fn preflight(ordinal: usize) -> Result<(), Missing> {
     } else {
         Err(Missing(missing))
     }
+}
+
+/// Whether GPU `ordinal` is among the `count` the driver sees.
+fn visible(ordinal: usize, count: usize) -> Result<(), String> {
+    if ordinal < count {
+        return Ok(());
+    }
+    Err(format!(
+        "GPU {ordinal} (from {}) is not visible: the driver sees {count} GPU(s) \
+         (check CUDA_VISIBLE_DEVICES and cluster.gpus_per_node)",
+        LOCAL_RANK_VARS.join(" / ")
+    ))
+}
+
+/// Whether the linked libtorch can use CUDA (false in a build without libtorch).
+fn libtorch_has_cuda() -> bool {
+    #[cfg(feature = "libtorch")]
+    return tch::Cuda::is_available();
+    #[cfg(not(feature = "libtorch"))]
+    false
 }
 
 /// The folder whose `include/cuda_runtime.h` NVRTC is given, as cubecl-cuda looks for it:
@@ -196,16 +324,52 @@ mod tests {
 
     #[test]
     fn cpu_needs_no_preflight_and_auto_falls_back_here() {
-        assert_eq!(resolve(DeviceKind::Cpu, 0).unwrap(), ComputeDevice::Cpu);
+        for kernels in [KernelFamily::Burn, KernelFamily::Libtorch] {
+            assert_eq!(
+                resolve(DeviceKind::Cpu, kernels, 0).unwrap(),
+                ComputeDevice::Cpu
+            );
+        }
         // This machine has no NVIDIA driver: `auto` picks the CPU, `cuda` names what is missing.
         if gpu_count().is_err() {
-            assert_eq!(resolve(DeviceKind::Auto, 0).unwrap(), ComputeDevice::Cpu);
-            let error = resolve(DeviceKind::Cuda, 0).unwrap_err().to_string();
-            assert!(error.contains("cluster.device = \"cuda\""), "{error}");
-            assert!(error.contains("libcuda.so not found"), "{error}");
+            for kernels in [KernelFamily::Burn, KernelFamily::Libtorch] {
+                assert_eq!(
+                    resolve(DeviceKind::Auto, kernels, 0).unwrap(),
+                    ComputeDevice::Cpu
+                );
+                let error = resolve(DeviceKind::Cuda, kernels, 0)
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains("cluster.device = \"cuda\""), "{error}");
+                assert!(error.contains("libcuda.so not found"), "{error}");
+            }
         } else {
             eprintln!("skipped the no-GPU half: an NVIDIA driver is present");
         }
+    }
+
+    #[test]
+    fn kernels_resolve_to_what_the_build_has() {
+        assert_eq!(
+            resolve_kernels(KernelsKind::Burn).unwrap(),
+            KernelFamily::Burn
+        );
+        let auto = resolve_kernels(KernelsKind::Auto).unwrap();
+        if cfg!(feature = "libtorch") {
+            assert_eq!(auto, KernelFamily::Libtorch);
+            assert_eq!(
+                resolve_kernels(KernelsKind::Libtorch).unwrap(),
+                KernelFamily::Libtorch
+            );
+        } else {
+            assert_eq!(auto, KernelFamily::Burn);
+            let error = resolve_kernels(KernelsKind::Libtorch)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("deploy/libtorch/setup.sh"), "{error}");
+        }
+        let compute = resolve_compute(DeviceKind::Cpu, KernelsKind::Burn, 0).unwrap();
+        assert_eq!(compute.to_string(), "burn (flex) on cpu");
     }
 
     #[test]

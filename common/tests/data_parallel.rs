@@ -6,11 +6,11 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
-use incept_common::collective::CpuBackend;
 use incept_common::collective::{Ring, WireFormat};
 use incept_common::config::{Experiment, OptimizerKind};
 use incept_common::model::params::flatten_params;
 use incept_common::model::registry::{self, Network};
+use incept_common::train::CpuBackend;
 use incept_common::train::Replica;
 
 const STEPS: u64 = 5;

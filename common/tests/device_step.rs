@@ -9,12 +9,12 @@ mod support;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use incept_common::collective::CpuBackend;
 use incept_common::config::Experiment;
 use incept_common::data::augment::Preprocess;
 use incept_common::data::{EpochPlan, Job, Pipeline, Split};
 use incept_common::model::params::{self, flatten_params, load_params};
 use incept_common::model::registry::Network;
+use incept_common::train::CpuBackend;
 use incept_common::train::LrSchedule;
 use incept_common::train::optim::UpdateRule;
 use incept_common::train::reference::{

@@ -64,15 +64,17 @@ pub struct ExitedWorker {
     pub description: String,
 }
 
-/// Runs the CUDA preflight for the GPUs that local workers of `cluster` would train on, so a
-/// machine without them fails the launch before any worker starts, naming what is missing.
+/// Checks that local workers of `cluster` (this build's siblings) have the kernels it asks for
+/// and, on CUDA, runs the preflight for their GPUs, so a build or machine without them fails
+/// the launch before any worker starts, naming what is missing.
 pub fn check_local_devices(cluster: &ClusterSection) -> anyhow::Result<()> {
+    let kernels = incept_common::device::resolve_kernels(cluster.kernels)?;
     if cluster.device != DeviceKind::Cuda {
         return Ok(());
     }
     let gpus = cluster.world_size.min(cluster.gpus_per_node);
     for ordinal in 0..gpus {
-        incept_common::device::preflight(ordinal)
+        incept_common::device::preflight(ordinal, kernels)
             .map_err(|missing| anyhow::anyhow!("cluster.device = \"cuda\": {missing}"))?;
     }
     Ok(())
@@ -115,6 +117,8 @@ impl LocalWorkers {
                 )
                 .env("INCEPT_TOKEN", token)
                 .env("RAYON_NUM_THREADS", cluster.threads_per_worker.to_string())
+                // LibTorch's OpenMP pool (the `libtorch` kernels).
+                .env("OMP_NUM_THREADS", cluster.threads_per_worker.to_string())
                 .env("LOCAL_RANK", (index % cluster.gpus_per_node).to_string())
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)

@@ -15,7 +15,7 @@ pub fn list(state_dir: &Path) -> anyhow::Result<()> {
     }
     let runs = store::Store::open(&db)?.runs()?;
     println!(
-        "{:<44} {:<12} {:>5} {:>13} {:>8}",
+        "{:<44} {:<12} {:>5} {:>13} {:>8}  compute",
         "run", "status", "world", "steps", "top-1"
     );
     for r in runs {
@@ -27,8 +27,13 @@ pub fn list(state_dir: &Path) -> anyhow::Result<()> {
         let orphaned = r.status == "running" && !r.lease.as_ref().is_some_and(Lease::is_live);
         let status = if orphaned { "stale" } else { r.status.as_str() };
         println!(
-            "{:<44} {:<12} {:>5} {:>13} {:>8}",
-            r.id, status, r.world_size, steps, top1
+            "{:<44} {:<12} {:>5} {:>13} {:>8}  {}",
+            r.id,
+            status,
+            r.world_size,
+            steps,
+            top1,
+            r.compute.as_deref().unwrap_or("-")
         );
     }
     Ok(())

@@ -35,6 +35,8 @@ pub enum Event {
         rank: u32,
         /// Validation images the rank has evaluated in its current (or last) evaluation.
         evaluated: u64,
+        /// What the rank computes with (empty until it has resolved it).
+        compute: String,
     },
     Metrics {
         rank: u32,
@@ -271,14 +273,21 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<HeartbeatReply>, Status> {
         self.check_member(&request, request.get_ref().rank)?;
         let HeartbeatRequest {
-            rank, evaluated, ..
+            rank,
+            evaluated,
+            compute,
+            ..
         } = request.into_inner();
         // Once the generation ends nobody follows its events, but its workers must still hear
         // whether to stop or to join the next one.
         let ending = self.run.stopping.load(Ordering::Relaxed);
         let regroup = ending && self.run.regroup.load(Ordering::Relaxed);
         if !ending {
-            self.emit(Event::Heartbeat { rank, evaluated })?;
+            self.emit(Event::Heartbeat {
+                rank,
+                evaluated,
+                compute,
+            })?;
         }
         let checkpoint = self.run.checkpoint_now.load(Ordering::Relaxed);
         Ok(Response::new(HeartbeatReply {

@@ -60,8 +60,12 @@ pub fn show(state_dir: &Path, run_id: Option<&str>) -> anyhow::Result<()> {
         run.workers.len(),
         summary.world_size
     );
-    for (rank, host, pid) in &run.workers {
-        println!("    rank {rank}: {host}, pid {pid}");
+    for (rank, host, pid, compute) in &run.workers {
+        let compute = compute
+            .as_deref()
+            .map(|c| format!(", {c}"))
+            .unwrap_or_default();
+        println!("    rank {rank}: {host}, pid {pid}{compute}");
     }
     let total = summary.total_steps;
     match run.last_step {

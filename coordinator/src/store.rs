@@ -181,6 +181,9 @@ pub struct RunSummary {
     pub total_steps: i64,
     pub steps_done: Option<i64>,
     pub val_top1: Option<f64>,
+    /// What its workers computed with ("libtorch on cpu"; several, comma-separated, if they
+    /// differed), once they said.
+    pub compute: Option<String>,
 }
 
 /// How an evaluation was made, as the run database records it.
@@ -208,11 +211,12 @@ pub struct Store {
 }
 
 /// Columns added after a table was first released: (table, column, definition).
-const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
     ("runs", "code_version", "TEXT"),
     ("metrics", "bad_images", "INTEGER NOT NULL DEFAULT 0"),
     ("metrics", "allreduce_bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("workers", "heartbeat_at", "REAL"),
+    ("workers", "compute", "TEXT"),
     ("evaluations", "protocol", "TEXT NOT NULL DEFAULT '1-crop'"),
     ("evaluations", "weights", "TEXT NOT NULL DEFAULT ''"),
 ];
@@ -302,11 +306,14 @@ impl Store {
     }
 
     /// Notes when rank `rank` of `run_id` was last heard from, for the dashboard's heartbeat
-    /// ages.
-    pub fn record_heartbeat(&self, run_id: &str, rank: u32) -> anyhow::Result<()> {
+    /// ages, and what it computes with once it says (an empty `compute` keeps the last one).
+    pub fn record_heartbeat(&self, run_id: &str, rank: u32, compute: &str) -> anyhow::Result<()> {
         self.conn
-            .prepare_cached("UPDATE workers SET heartbeat_at = ?3 WHERE run_id = ?1 AND rank = ?2")?
-            .execute(params![run_id, rank, now()])?;
+            .prepare_cached(
+                "UPDATE workers SET heartbeat_at = ?3, compute = COALESCE(NULLIF(?4, ''), compute)
+                 WHERE run_id = ?1 AND rank = ?2",
+            )?
+            .execute(params![run_id, rank, now(), compute])?;
         Ok(())
     }
 
@@ -543,7 +550,8 @@ impl Store {
         let mut query = self.conn.prepare(
             "SELECT r.id, r.status, r.world_size, r.total_steps,
                     (SELECT MAX(step) FROM metrics m WHERE m.run_id = r.id), r.val_top1,
-                    l.host, l.pid, l.renewed_at
+                    l.host, l.pid, l.renewed_at,
+                    (SELECT GROUP_CONCAT(DISTINCT w.compute) FROM workers w WHERE w.run_id = r.id)
              FROM runs r LEFT JOIN leases l ON l.run_id = r.id ORDER BY r.created_at DESC",
         )?;
         let rows = query.query_map([], |row| {
@@ -563,6 +571,7 @@ impl Store {
                 total_steps: row.get(3)?,
                 steps_done: row.get(4)?,
                 val_top1: row.get(5)?,
+                compute: row.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -577,8 +586,9 @@ pub struct RunDetail {
     pub created_at: f64,
     pub finished_at: Option<f64>,
     pub error: Option<String>,
-    /// (rank, host, pid) of the workers that joined, newest generation's.
-    pub workers: Vec<(i64, String, i64)>,
+    /// (rank, host, pid, what it computes with) of the workers that joined, newest
+    /// generation's.
+    pub workers: Vec<(i64, String, i64, Option<String>)>,
     /// Rank 0's newest step: (step, loss, images/s of the rank, seconds the step took).
     pub last_step: Option<(i64, f64, f64, f64)>,
     /// The newest evaluation: (step, top-1, top-5, loss, protocol).
@@ -613,11 +623,13 @@ impl Store {
             [run_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
-        let mut query = self
-            .conn
-            .prepare("SELECT rank, hostname, pid FROM workers WHERE run_id = ?1 ORDER BY rank")?;
+        let mut query = self.conn.prepare(
+            "SELECT rank, hostname, pid, compute FROM workers WHERE run_id = ?1 ORDER BY rank",
+        )?;
         let workers = query
-            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([run_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         let last_step = self
             .conn

@@ -25,10 +25,17 @@ fn launch_trains_two_workers_and_records_metrics() {
     let status = run_with_limit(fx.coordinator(&["status"]), Duration::from_secs(30));
     let shown = text(&status.stdout);
     assert!(status.status.success(), "{}", text(&status.stderr));
+    // `cluster.kernels = "auto"` takes LibTorch's where the build has them.
+    let compute = if cfg!(feature = "libtorch") {
+        ", libtorch on cpu"
+    } else {
+        ", burn (flex) on cpu"
+    };
     for expected in [
         "status      succeeded",
         "workers     2 of 2 joined",
         "rank 1: ",
+        compute,
         "step        48/48 (100%)",
         "evaluation  step 48: top-1",
         "(1-crop)",
@@ -1027,6 +1034,26 @@ fn a_missing_dataset_is_named_before_any_worker_starts() {
         "{stderr}"
     );
     assert!(stderr.contains("data.path"), "{stderr}");
+    assert!(!fx.state_dir().exists(), "nothing was created for the run");
+}
+
+#[test]
+#[cfg(not(feature = "libtorch"))]
+fn libtorch_kernels_without_the_feature_say_how_to_get_them_before_any_worker_starts() {
+    let fx = Fixture::new(TINY);
+    let mut cmd = fx.coordinator(&["launch"]);
+    cmd.arg(fx.experiment())
+        .args(["--set", "cluster.kernels=libtorch"]);
+    let out = run_with_limit(cmd, Duration::from_secs(30));
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    for needle in [
+        "cluster.kernels = \"libtorch\"",
+        "built without it",
+        "deploy/libtorch/setup.sh",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
     assert!(!fx.state_dir().exists(), "nothing was created for the run");
 }
 

@@ -358,6 +358,7 @@ async fn heartbeat_loop(mut client: Client, rank: u32, beats: Heartbeats, progre
             rank,
             step,
             evaluated,
+            compute: progress.compute.get().cloned().unwrap_or_default(),
         };
         match client.heartbeat(beat).await {
             Ok(reply) if reply.get_ref().regroup => {

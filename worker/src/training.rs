@@ -7,15 +7,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use incept_common::collective::{AbortHandle, CpuBackend, TrainBackend};
+use incept_common::collective::AbortHandle;
 use incept_common::config::Experiment;
 use incept_common::data::DataPosition;
-use incept_common::device::{self, ComputeDevice};
+use incept_common::device;
 use incept_common::model::{import, registry};
 use incept_common::proto::{
     Assignment, CheckpointReport, EvaluationReport, ProbeMetrics, StepMetrics, TraceSpan,
 };
 use incept_common::train::checkpoint;
+use incept_common::train::{BackendJob, TrainBackend, backend};
 use incept_common::train::{Evaluation, Lane, Replica, Span, StepStats};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -50,6 +51,9 @@ pub struct Progress {
     pub abort: OnceLock<AbortHandle>,
     /// Why training stopped, reported instead of the aborted collective's error.
     pub stop_reason: OnceLock<String>,
+    /// What the replica computes with (`libtorch on cpu`, ...), once resolved; the heartbeats
+    /// tell the coordinator.
+    pub compute: OnceLock<String>,
 }
 
 impl Progress {
@@ -71,7 +75,8 @@ impl Progress {
 }
 
 /// Trains the assigned replica to the end of the run on the device `cluster.device` names
-/// (GPU `LOCAL_RANK` for CUDA, checked before anything is built) and evaluates it.
+/// (GPU `LOCAL_RANK` for CUDA, checked before anything is built), with the kernels
+/// `cluster.kernels` names, and evaluates it.
 pub fn run(
     assignment: &Assignment,
     listener: TcpListener,
@@ -80,28 +85,44 @@ pub fn run(
 ) -> anyhow::Result<Evaluation> {
     let exp = Experiment::from_toml(&assignment.experiment_toml)
         .context("the assignment's experiment is invalid")?;
-    let compute = device::resolve(exp.cluster.device, device::local_rank()?)?;
-    tracing::info!(device = %compute, "computing on");
-    match compute {
-        ComputeDevice::Cpu => train::<CpuBackend>(
-            &exp,
-            Default::default(),
-            assignment,
-            listener,
-            reports,
-            progress,
-        ),
-        #[cfg(feature = "cuda")]
-        ComputeDevice::Cuda(ordinal) => train::<incept_common::collective::device::CudaBackend>(
-            &exp,
-            burn::backend::cuda::CudaDevice::new(ordinal),
-            assignment,
-            listener,
-            reports,
-            progress,
-        ),
-        #[cfg(not(feature = "cuda"))]
-        ComputeDevice::Cuda(_) => bail!("this worker was built without the `cuda` feature"),
+    let compute = device::resolve_compute(
+        exp.cluster.device,
+        exp.cluster.kernels,
+        device::local_rank()?,
+    )?;
+    tracing::info!(%compute, "computing with");
+    let _ = progress.compute.set(compute.to_string());
+    let job = Training {
+        exp: &exp,
+        assignment,
+        listener,
+        reports,
+        progress,
+    };
+    backend::run_on(compute, job)
+}
+
+/// One rank's training, run on the backend its [`Compute`](device::Compute) selects.
+struct Training<'a> {
+    exp: &'a Experiment,
+    assignment: &'a Assignment,
+    listener: TcpListener,
+    reports: &'a UnboundedSender<Report>,
+    progress: &'a Progress,
+}
+
+impl BackendJob for Training<'_> {
+    type Output = Evaluation;
+
+    fn run<B: TrainBackend>(self, device: B::Device) -> anyhow::Result<Evaluation> {
+        train::<B>(
+            self.exp,
+            device,
+            self.assignment,
+            self.listener,
+            self.reports,
+            self.progress,
+        )
     }
 }
 

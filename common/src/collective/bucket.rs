@@ -109,8 +109,8 @@ impl GradientBuckets {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Tensor::cat(reduced, 0));
         }
-        if B::HOST_MEMORY {
-            let device = flat.device();
+        let device = flat.device();
+        if B::host_memory(&device) {
             let mut buffer = HostBuffer::take(flat);
             self.all_reduce_mean(collective, buffer.values(), |_, _| {})?;
             return Ok(buffer.into_tensor(&device));

@@ -9,16 +9,33 @@
 //! [`GradientBuckets::all_reduce_mean_tensor`](super::GradientBuckets::all_reduce_mean_tensor)).
 
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::TensorData;
 
 use super::{Collective, CollectiveError};
 
 /// A backend a replica's step runs on.
 pub trait TrainDevice: Backend {
-    /// Tensors live in host memory, where `into_data` and `from_data` move a unique tensor's
-    /// buffer without copying it: element-wise updates run as fused loops over it in place
-    /// (a chain of tensor operations would allocate and fill a new buffer at every step).
-    const HOST_MEMORY: bool = false;
+    /// Whether tensors on `device` live in host memory and [`HostBuffer::take`] hands over a
+    /// unique tensor's buffer without copying it: element-wise updates then run as fused loops
+    /// over it in place (a chain of tensor operations would allocate and fill a new buffer at
+    /// every step), and the model keeps copies of its parameters rather than views of the flat
+    /// tensor, so that the flat tensor stays its buffer's only owner.
+    fn host_memory(_device: &Self::Device) -> bool {
+        false
+    }
+
+    /// `tensor`'s values in host memory: its own buffer where it can ([`host_memory`]), else a
+    /// copy.
+    ///
+    /// [`host_memory`]: TrainDevice::host_memory
+    fn into_host(tensor: Tensor<Self, 1>) -> HostBuffer {
+        HostBuffer(HostValues::Data(tensor.into_data()))
+    }
+
+    /// The tensor of `buffer`'s values on `device`.
+    fn from_host(buffer: HostBuffer, device: &Self::Device) -> Tensor<Self, 1> {
+        Tensor::from_data(buffer.into_data(), device)
+    }
 
     /// Whether `collective` all-reduces this backend's tensors in their device memory.
     fn reduces_in_place(_collective: &mut dyn Collective) -> bool {
@@ -37,30 +54,60 @@ pub trait TrainDevice: Backend {
     }
 }
 
-/// A flat tensor's buffer in host memory ([`TrainDevice::HOST_MEMORY`]), to update in place:
-/// flex hands a unique tensor's buffer over and takes it back without copying (it copies a
-/// shared one).
-pub struct HostBuffer(TensorData);
+/// A flat tensor's values in host memory, to update in place: flex hands a unique tensor's
+/// buffer over and takes it back without copying (it copies a shared one), and so does
+/// LibTorch on the CPU.
+pub struct HostBuffer(HostValues);
+
+enum HostValues {
+    Data(TensorData),
+    /// A contiguous f32 CPU tensor that nothing else references.
+    #[cfg(feature = "libtorch")]
+    Torch(tch::Tensor),
+}
 
 impl HostBuffer {
-    /// The tensor's buffer.
-    pub fn take<B: Backend>(tensor: Tensor<B, 1>) -> Self {
-        Self(tensor.into_data())
+    /// The tensor's buffer (see [`TrainDevice::into_host`]).
+    pub fn take<B: TrainDevice>(tensor: Tensor<B, 1>) -> Self {
+        B::into_host(tensor)
     }
 
     /// Its values, to read and write.
     pub fn values(&mut self) -> &mut [f32] {
-        self.0.as_mut_slice().expect("flat tensors hold f32")
+        match &mut self.0 {
+            HostValues::Data(data) => data.as_mut_slice().expect("flat tensors hold f32"),
+            #[cfg(feature = "libtorch")]
+            HostValues::Torch(tensor) => {
+                let len = tensor.numel();
+                // SAFETY: `into_host` keeps only contiguous f32 CPU tensors that no other
+                // tensor shares, so these `len` values are this buffer's alone while it is
+                // borrowed.
+                unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut f32, len) }
+            }
+        }
     }
 
     /// The buffer back as a tensor.
-    pub fn into_tensor<B: Backend>(self, device: &B::Device) -> Tensor<B, 1> {
-        Tensor::from_data(self.0, device)
+    pub fn into_tensor<B: TrainDevice>(self, device: &B::Device) -> Tensor<B, 1> {
+        B::from_host(self, device)
+    }
+
+    /// The values as burn's `TensorData` (a copy unless they are one already).
+    fn into_data(self) -> TensorData {
+        match self.0 {
+            HostValues::Data(data) => data,
+            #[cfg(feature = "libtorch")]
+            torch @ HostValues::Torch(_) => {
+                let values = HostBuffer(torch).values().to_vec();
+                let len = values.len();
+                TensorData::new(values, [len])
+            }
+        }
     }
 
     /// Runs `read` over `tensor`'s values where they lie (if nothing else shares them),
     /// leaving the tensor as it was.
-    pub fn read<B: Backend, R>(tensor: &mut Tensor<B, 1>, read: impl FnOnce(&[f32]) -> R) -> R {
+    pub fn read<B: TrainDevice, R>(tensor: &mut Tensor<B, 1>, read: impl FnOnce(&[f32]) -> R) -> R {
         let device = tensor.device();
         let mut buffer = Self::take(std::mem::replace(tensor, Tensor::empty([0], &device)));
         let result = read(buffer.values());
@@ -69,31 +116,14 @@ impl HostBuffer {
     }
 }
 
-/// What a replica trains on: burn's autodiff over a backend with [`TrainDevice`]. The worker
-/// picks one at run time from `cluster.device`.
-pub trait TrainBackend: AutodiffBackend<InnerBackend: TrainDevice> {}
-
-impl<B: AutodiffBackend<InnerBackend: TrainDevice>> TrainBackend for B {}
-
-/// The CPU: burn's flex backend with autodiff (the default, `cluster.device = "cpu"`).
-pub type CpuBackend = burn::backend::Autodiff<burn::backend::Flex>;
-
 impl TrainDevice for burn::backend::Flex {
-    const HOST_MEMORY: bool = true;
+    fn host_memory(_device: &Self::Device) -> bool {
+        true
+    }
 }
-
-/// burn's wgpu backend: the same burn-cubecl kernels as CUDA, which tests run on Mesa's
-/// lavapipe Vulkan driver (a CPU device).
-#[cfg(feature = "wgpu")]
-pub type WgpuBackend = burn::backend::Autodiff<burn::backend::Wgpu>;
 
 #[cfg(feature = "wgpu")]
 impl TrainDevice for burn::backend::Wgpu {}
-
-/// An NVIDIA GPU: burn's CUDA backend (no fusion, so every tensor has a raw buffer) with
-/// autodiff (`cluster.device = "cuda"`).
-#[cfg(feature = "cuda")]
-pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
 #[cfg(feature = "cuda")]
 impl TrainDevice for burn::backend::Cuda {
@@ -139,6 +169,90 @@ impl TrainDevice for burn::backend::Cuda {
         drop(resource);
         Ok(Tensor::from_primitive(
             burn::tensor::TensorPrimitive::Float(buffer),
+        ))
+    }
+}
+
+/// LibTorch: on the CPU a unique contiguous tensor's memory is updated where it lies (a shared
+/// one is copied first); on a GPU updates run as tensor operations, and with NCCL a bucket is
+/// reduced in its own CUDA memory.
+#[cfg(feature = "libtorch")]
+impl TrainDevice for burn::backend::LibTorch<f32> {
+    fn host_memory(device: &Self::Device) -> bool {
+        matches!(device, burn::backend::libtorch::LibTorchDevice::Cpu)
+    }
+
+    fn into_host(tensor: Tensor<Self, 1>) -> HostBuffer {
+        let primitive = tensor.into_primitive().tensor();
+        let on_cpu = primitive.tensor.device() == tch::Device::Cpu;
+        let tensor = if on_cpu && primitive.can_mut() && primitive.tensor.is_contiguous() {
+            primitive.tensor
+        } else {
+            primitive
+                .tensor
+                .to_device(tch::Device::Cpu)
+                .contiguous()
+                .copy()
+        };
+        HostBuffer(HostValues::Torch(tensor.to_kind(tch::Kind::Float)))
+    }
+
+    fn from_host(buffer: HostBuffer, device: &Self::Device) -> Tensor<Self, 1> {
+        let tensor = match buffer.0 {
+            HostValues::Torch(tensor) => tensor,
+            HostValues::Data(data) => {
+                return Tensor::from_data(data, device);
+            }
+        };
+        let tensor = tensor.to_device((*device).into());
+        Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(
+            burn::backend::libtorch::TchTensor::new(tensor),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn reduces_in_place(collective: &mut dyn Collective) -> bool {
+        collective.as_nccl().is_some()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn all_reduce_in_place(
+        bucket: Tensor<Self, 1>,
+        collective: &mut dyn Collective,
+    ) -> Result<Tensor<Self, 1>, CollectiveError> {
+        use burn::backend::libtorch::TchTensor;
+        let Some(nccl) = collective.as_nccl() else {
+            return Err(CollectiveError::Invalid(
+                "only NCCL all-reduces CUDA tensors in place".into(),
+            ));
+        };
+        let bucket = bucket.into_primitive().tensor();
+        // NCCL writes into the allocation: it must be this tensor's alone, without gaps.
+        let buffer = if bucket.can_mut() && bucket.tensor.is_contiguous() {
+            bucket.tensor
+        } else {
+            bucket.tensor.copy()
+        };
+        let tch::Device::Cuda(ordinal) = buffer.device() else {
+            return Err(CollectiveError::Invalid(
+                "NCCL all-reduces CUDA tensors only; this bucket is on the CPU".into(),
+            ));
+        };
+        let len = buffer.numel();
+        // libtorch queues its kernels on the device's current stream, NCCL on its own: the
+        // gradient and this bucket's copy must have finished before NCCL reads.
+        tch::Cuda::synchronize(ordinal as i64);
+        // SAFETY: `buffer` is `len` contiguous f32 values in this GPU's memory that only this
+        // function holds until the call returns; the call waits for NCCL's completion.
+        unsafe {
+            nccl.all_reduce_device(
+                buffer.data_ptr() as cudarc::driver::sys::CUdeviceptr,
+                len,
+                super::ReduceOp::Mean,
+            )?;
+        }
+        Ok(Tensor::from_primitive(
+            burn::tensor::TensorPrimitive::Float(TchTensor::new(buffer)),
         ))
     }
 }

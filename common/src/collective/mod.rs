@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 pub use abort::AbortHandle;
 use abort::Health;
 pub use bucket::GradientBuckets;
-pub use device::{CpuBackend, HostBuffer, TrainBackend, TrainDevice};
+pub use device::{HostBuffer, TrainDevice};
 pub use ring::Ring;
 pub use traced::Traced;
 pub use wire::WireFormat;

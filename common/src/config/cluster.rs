@@ -62,6 +62,10 @@ pub struct ClusterSection {
     /// What each worker computes on: `cpu`, `cuda` (GPU `LOCAL_RANK`), or `auto` (cuda where
     /// the preflight finds a driver, a GPU and NVRTC; else cpu).
     pub device: DeviceKind,
+    /// Whose kernels compute the model on that device: `burn` (flex on CPUs, cubecl on GPUs),
+    /// `libtorch` (oneDNN/MKL on CPUs, cuDNN/cuBLAS on GPUs; workers built with the `libtorch`
+    /// feature), or `auto` (libtorch where the worker has it, else burn).
+    pub kernels: KernelsKind,
     /// Generations a run may start after the first: each time a worker is lost the group
     /// re-forms from the newest checkpoint that verifies (the local launcher restarts its
     /// workers; external survivors join again by themselves, a lost one by running `worker`
@@ -114,6 +118,7 @@ impl Default for ClusterSection {
             gradient_wire: WireFormat::F32,
             threads_per_worker: 1,
             device: DeviceKind::Cpu,
+            kernels: KernelsKind::Auto,
             gpus_per_node: 1,
             max_restarts: 3,
             min_workers: None,
@@ -173,6 +178,44 @@ impl std::fmt::Display for DeviceKind {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Cuda => "cuda",
             DeviceKind::Auto => "auto",
+        })
+    }
+}
+
+/// Whose kernels compute the model (`cluster.kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelsKind {
+    /// LibTorch's where the build has them, else burn's.
+    Auto,
+    /// burn's own: flex on CPUs, cubecl's on GPUs.
+    Burn,
+    /// LibTorch's, through burn's tch backend (the `libtorch` feature).
+    Libtorch,
+}
+
+impl KernelsKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [KernelsKind; 3] = [KernelsKind::Auto, KernelsKind::Burn, KernelsKind::Libtorch];
+}
+
+impl std::str::FromStr for KernelsKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        KernelsKind::ALL
+            .into_iter()
+            .find(|kind| kind.to_string() == name)
+            .ok_or_else(|| format!("unknown kernels {name:?}; known: auto, burn, libtorch"))
+    }
+}
+
+impl std::fmt::Display for KernelsKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelsKind::Auto => "auto",
+            KernelsKind::Burn => "burn",
+            KernelsKind::Libtorch => "libtorch",
         })
     }
 }

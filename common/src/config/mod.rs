@@ -15,7 +15,7 @@ mod train;
 use serde::{Deserialize, Serialize};
 
 pub use check::{Problem, ValidationErrors};
-pub use cluster::{ClusterSection, CollectiveBackend, DeviceKind, Launcher};
+pub use cluster::{ClusterSection, CollectiveBackend, DeviceKind, KernelsKind, Launcher};
 pub use data::{AugmentSection, Crops, DataSection, DataSource, FASHION_MNIST_DIR};
 pub use load::{ConfigError, ENV_PREFIX, ENV_SEPARATOR, read, read_over};
 pub use model::{Arch, BlockPreset, DEFAULT_RESIDUAL_SCALES, ModelSection};

@@ -16,6 +16,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::Kernels;
+
 /// Configuration of a [`ConvBn`]: TF-slim's `conv2d` with its default batch norm and ReLU.
 #[derive(Config, Debug)]
 pub struct ConvBnConfig {
@@ -70,14 +72,36 @@ pub struct ConvBn<B: Backend> {
 }
 
 impl<B: Backend> ConvBn<B> {
+    /// Output channels (after the batch norm).
+    pub fn out_channels(&self) -> usize {
+        self.conv.weight.dims()[0]
+    }
+}
+
+impl<B: Kernels> ConvBn<B> {
     /// `[N, in, H, W]` → `[N, out, H', W']`.
     ///
     /// Batch norm is computed on a `[C, N·H·W]` view so that statistics, normalisation and
     /// their gradients are row-wise (DESIGN.md: ~25× faster on flex than burn's `[1, C, 1, 1]`
     /// broadcasts).
     /// With autodiff enabled it normalises with the batch statistics and updates the running
-    /// ones exactly as burn's `BatchNorm` does; without, it uses the running statistics.
+    /// ones exactly as burn's `BatchNorm` does; without, it uses the running statistics. A
+    /// backend with its own fused kernels ([`Kernels`]) runs the training unit as one op.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if B::ad_enabled(&x.device()) {
+            let fused = B::conv_bn_relu_train(
+                x.clone(),
+                &self.conv,
+                self.bn.gamma.val(),
+                self.bn.beta.val(),
+                self.bn.epsilon,
+            );
+            if let Some(trained) = fused {
+                count_conv_macs(&self.conv, &trained.output);
+                self.update_running_stats(trained.mean, trained.var);
+                return trained.output;
+            }
+        }
         let y = conv2d(&self.conv, x);
         let [n, c, h, w] = y.dims();
         let rows = y.swap_dims(0, 1).reshape([c, n * h * w]);
@@ -100,15 +124,10 @@ impl<B: Backend> ConvBn<B> {
         relu(normalised).reshape([c, n, h, w]).swap_dims(0, 1)
     }
 
-    /// Output channels (after the batch norm).
-    pub fn out_channels(&self) -> usize {
-        self.conv.weight.dims()[0]
-    }
-
     /// burn's update: `running = (1 - m) · running + m · batch`, with the biased batch variance.
-    fn update_running_stats(&self, mean: Tensor<B, 2>, var: Tensor<B, 2>) {
+    fn update_running_stats<const D: usize>(&self, mean: Tensor<B, D>, var: Tensor<B, D>) {
         let momentum = self.bn.momentum;
-        let blend = |running: Tensor<B, 1>, batch: Tensor<B, 2>| {
+        let blend = |running: Tensor<B, 1>, batch: Tensor<B, D>| {
             let batch = batch.detach().reshape([running.dims()[0]]);
             let device = batch.device();
             running
@@ -128,15 +147,24 @@ impl<B: Backend> ConvBn<B> {
 /// (`[1, out, in] × [N, in, H·W]`): flex's generic conv backward is several times slower for
 /// them (ConvBn 64→32 on `[8, 64, 35, 35]`, forward + backward: 65 ms stock, 18 ms here).
 ///
-/// Takes burn's `Conv2d` so the parameters (and the checkpoint layout) stay burn's.
-pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let y = conv2d_uncounted(conv, x);
+/// Takes burn's `Conv2d` so the parameters (and the checkpoint layout) stay burn's. A backend
+/// with its own convolution ([`Kernels::native_conv2d`]) runs that instead.
+pub fn conv2d<B: Kernels>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let y = match B::native_conv2d(x.clone(), conv) {
+        Some(y) => y,
+        None => conv2d_uncounted(conv, x),
+    };
+    count_conv_macs(conv, &y);
+    y
+}
+
+/// Adds `conv`'s multiply-accumulates for output `y` to the running [`count_macs`].
+fn count_conv_macs<B: Backend>(conv: &Conv2d<B>, y: &Tensor<B, 4>) {
     if MACS.get().is_some() {
         let [n, c_out, h, w] = y.dims();
         let [_, c_in_per_group, kh, kw] = conv.weight.dims();
         add_macs((n * c_out * h * w * c_in_per_group * kh * kw) as u64);
     }
-    y
 }
 
 /// A fully connected layer (counted by [`count_macs`]).
@@ -148,7 +176,7 @@ pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// The classifier every family ends with: global average pool, dropout, fully connected.
-pub fn pool_and_classify<B: Backend>(
+pub fn pool_and_classify<B: Kernels>(
     features: Tensor<B, 4>,
     dropout: &Dropout,
     classifier: &Linear<B>,
@@ -256,7 +284,7 @@ pub fn check_side(network: &str, size: usize, min: usize, native: usize) -> Resu
 }
 
 /// Applies a branch's convolutions in order.
-pub fn run_chain<'a, B: Backend>(
+pub fn run_chain<'a, B: Kernels>(
     chain: impl IntoIterator<Item = &'a ConvBn<B>>,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 4> {

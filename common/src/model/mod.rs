@@ -9,9 +9,14 @@
 pub mod families;
 pub mod family;
 pub mod import;
+pub mod kernels;
 pub mod layers;
+#[cfg(feature = "libtorch")]
+pub mod libtorch;
 pub mod params;
 pub mod probe;
 pub mod registry;
+
+pub use kernels::Kernels;
 #[cfg(test)]
 mod test_support;

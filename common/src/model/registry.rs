@@ -5,6 +5,7 @@
 //! on [`Arch`]: a family added to the enum does not compile until it has its line, and no name
 //! falls back to another network.
 
+use crate::model::Kernels;
 use burn::prelude::*;
 
 use super::families;
@@ -82,7 +83,7 @@ pub enum Network<B: Backend> {
 macro_rules! into_network {
     ($([$variant:ident, $file:ident, $FamilyConfig:ident]),*;) => {
         $(
-            impl<B: Backend> From<families::$file::$variant<B>> for Network<B> {
+            impl<B: Kernels> From<families::$file::$variant<B>> for Network<B> {
                 fn from(network: families::$file::$variant<B>) -> Self {
                     Network::$variant(network)
                 }
@@ -118,7 +119,7 @@ pub struct Probe {
     pub residual_ratios: Vec<f64>,
 }
 
-impl<B: Backend> Network<B> {
+impl<B: Kernels> Network<B> {
     /// Images `[N, 3, S, S]` in `[-1, 1]` → logits `[N, classes]`.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         on_each!(self, net => net.forward(images))
@@ -179,7 +180,7 @@ pub fn check_knobs(model: &ModelSection) -> Result<(), String> {
 }
 
 /// Builds the configured network with freshly initialised weights.
-pub fn build<B: Backend>(model: &ModelSection, device: &B::Device) -> Network<B> {
+pub fn build<B: Kernels>(model: &ModelSection, device: &B::Device) -> Network<B> {
     with_family!(model.arch, Config => Config::from_section(model).init(device).into())
 }
 

@@ -43,8 +43,8 @@ fn blocked_sum<B: Backend>(values: Tensor<B, 1>) -> Tensor<B, 1> {
 /// Scales `grads` so their global norm is at most `max_norm` (0 = off); returns them with the
 /// norm before clipping, which is reported as a metric.
 pub fn clip_global_norm<B: TrainDevice>(grads: Tensor<B, 1>, max_norm: f64) -> (Tensor<B, 1>, f64) {
-    if B::HOST_MEMORY {
-        let device = grads.device();
+    let device = grads.device();
+    if B::host_memory(&device) {
         let mut buffer = HostBuffer::take(grads);
         let values = buffer.values();
         let norm = values

@@ -34,8 +34,8 @@ impl<B: TrainDevice> WeightAverage<B> {
         self.updates += 1;
         // Taken out, the average is its buffer's only owner: it is updated in place.
         let values = std::mem::replace(&mut self.values, Tensor::empty([0], &params.device()));
-        if B::HOST_MEMORY {
-            let device = values.device();
+        let device = values.device();
+        if B::host_memory(&device) {
             let mut average = HostBuffer::take(values);
             let a = average.values();
             HostBuffer::read(params, |p| {

@@ -84,7 +84,7 @@ impl<B: TrainDevice> Optimizer<B> {
         } else {
             decayed.to_vec()
         };
-        let decay_mask = (!decayed.is_empty() && !B::HOST_MEMORY).then(|| {
+        let decay_mask = (!decayed.is_empty() && !B::host_memory(device)).then(|| {
             let mut mask = vec![0f32; len];
             for range in &decayed {
                 mask[range.clone()].fill(1.0);
@@ -177,14 +177,14 @@ impl<B: TrainDevice> Optimizer<B> {
         params: Tensor<B, 1>,
         grads: &mut Tensor<B, 1>,
     ) -> Tensor<B, 1> {
-        if !B::HOST_MEMORY {
+        let device = params.device();
+        if !B::host_memory(&device) {
             return self.step_with_tensor_ops(lr, params, grads.clone());
         }
-        let device = params.device();
         let mut params = HostBuffer::take(params);
         let mut velocity =
             HostBuffer::take(self.velocity.take().expect("the velocity is put back"));
-        let mut mean_square = self.mean_square.take().map(HostBuffer::take);
+        let mut mean_square = self.mean_square.take().map(HostBuffer::take::<B>);
         HostBuffer::read(grads, |grads| {
             update_in_place(
                 self.rule,
@@ -254,6 +254,35 @@ impl<B: TrainDevice> Optimizer<B> {
 /// One update of `params` by `rule` in place: the mean square (RMSProp only) and the velocity
 /// too.
 pub(crate) fn update_in_place(
+    rule: UpdateRule,
+    lr: f32,
+    params: &mut [f32],
+    grads: &[f32],
+    mean_square: Option<&mut [f32]>,
+    velocity: &mut [f32],
+) {
+    // Element-wise, so splitting it over the compute threads changes no value.
+    let chunk = params
+        .len()
+        .div_ceil(super::backend::cpu_threads())
+        .max(MIN_CHUNK);
+    let mut mean_square = mean_square.map(|ms| ms.chunks_mut(chunk));
+    std::thread::scope(|scope| {
+        let chunks = params
+            .chunks_mut(chunk)
+            .zip(grads.chunks(chunk))
+            .zip(velocity.chunks_mut(chunk));
+        for ((params, grads), velocity) in chunks {
+            let mean_square = mean_square.as_mut().and_then(Iterator::next);
+            scope.spawn(move || update_chunk(rule, lr, params, grads, mean_square, velocity));
+        }
+    });
+}
+
+/// The fewest parameters worth a thread of their own.
+const MIN_CHUNK: usize = 1 << 16;
+
+fn update_chunk(
     rule: UpdateRule,
     lr: f32,
     params: &mut [f32],

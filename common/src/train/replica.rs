@@ -21,6 +21,7 @@ use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use super::backend::TrainBackend;
 use super::checkpoint::TrainingState;
 use super::clip::clip_global_norm;
 use super::ema::WeightAverage;
@@ -30,8 +31,7 @@ use super::schedule::LrSchedule;
 use super::timeline::{Lane, Timeline};
 use crate::CRC32C;
 use crate::collective::{
-    Collective, GradientBuckets, HostBuffer, ReduceOp, Traced, TrainBackend, TrainDevice,
-    WireFormat,
+    Collective, GradientBuckets, HostBuffer, ReduceOp, Traced, TrainDevice, WireFormat,
 };
 use crate::config::Experiment;
 use crate::data::augment::Preprocess;
@@ -437,7 +437,7 @@ impl<B: TrainBackend> Replica<B> {
                 average.update(&mut self.params);
             }
         }
-        if B::InnerBackend::HOST_MEMORY {
+        if B::InnerBackend::host_memory(&self.device) {
             self.spare_grads = Some(grads);
         }
         compute += started.elapsed();
@@ -670,7 +670,7 @@ fn with_flat_params<B: TrainBackend>(
     model: Network<B>,
     flat: &Tensor<B::InnerBackend, 1>,
 ) -> Network<B> {
-    params::load_flat_params(model, flat, B::InnerBackend::HOST_MEMORY)
+    params::load_flat_params(model, flat, B::InnerBackend::host_memory(&flat.device()))
 }
 
 /// splitmix64's increment (2^64 / φ), which spreads consecutive steps over the seed space.

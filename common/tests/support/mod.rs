@@ -1,15 +1,18 @@
-//! Helpers shared by the integration tests: a tiny experiment and single-rank replicas.
+//! Helpers shared by the integration tests: a tiny experiment and single-rank replicas, and
+//! ([`ranks`]) every rank of a run trained on one backend.
+
+#[allow(dead_code)] // not every test binary that shares this module uses it
+pub mod ranks;
 
 use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use burn::tensor::backend::Backend;
-use incept_common::collective::CpuBackend;
 use incept_common::collective::Ring;
 use incept_common::config::Experiment;
 use incept_common::model::registry;
-use incept_common::train::Replica;
+use incept_common::train::{CpuBackend, Replica};
 
 /// The backend RNG is process-wide: tests that rely on its seeding take turns.
 pub static RNG: Mutex<()> = Mutex::new(());

@@ -26,7 +26,6 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde::de::DeserializeOwned;
 
-/// Compute threads: `RAYON_NUM_THREADS` if set, else every core.
 /// Parses a count flag that must be at least 1 (steps, passes, workers): a clear error at the
 /// flag instead of an empty measurement later.
 pub fn at_least_one(text: &str) -> Result<usize, String> {
@@ -37,12 +36,7 @@ pub fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
-pub fn threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
+pub use incept_common::train::backend::cpu_threads as threads;
 
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -27,7 +27,7 @@ fn check(len: usize, bucket_bytes: usize) -> anyhow::Result<()> {
     use incept_common::device;
 
     let ordinal = device::local_rank()?;
-    device::preflight(ordinal)?;
+    device::preflight(ordinal, device::KernelFamily::Burn)?;
     let mut nccl = Nccl::connect(0, 1, NcclId::new()?, ordinal, Duration::from_secs(60))?;
     if !Cuda::reduces_in_place(&mut nccl) {
         bail!("NCCL does not take CUDA tensors in place");

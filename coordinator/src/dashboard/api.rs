@@ -136,6 +136,8 @@ struct RunRow {
     generation: i64,
     /// The resolved experiment, flattened to `section.key = value`.
     config: BTreeMap<String, String>,
+    /// What its workers computed with, once they said.
+    compute: Option<String>,
 }
 
 fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
@@ -147,7 +149,8 @@ fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
                 (SELECT MAX(top5) FROM evaluations e WHERE e.run_id = r.id),
                 (SELECT COUNT(*) FROM events e
                   WHERE e.run_id = r.id AND e.message LIKE 'generation % failed:%'),
-                r.config
+                r.config,
+                (SELECT GROUP_CONCAT(DISTINCT w.compute) FROM workers w WHERE w.run_id = r.id)
          FROM runs r ORDER BY r.created_at DESC",
     )?;
     let rows = query.query_map([], |r| {
@@ -167,6 +170,7 @@ fn list_runs(conn: &Connection) -> rusqlite::Result<Vec<RunRow>> {
             best_top5: r.get(11)?,
             generation: r.get(12)?,
             config: config::flatten(&config),
+            compute: r.get(14)?,
         })
     })?;
     rows.collect()
@@ -202,6 +206,7 @@ fn runs_json(runs: &[RunRow], traced: &[bool]) -> Value {
                 "best_top5": run.best_top5,
                 "params": params,
                 "has_trace": traced,
+                "compute": run.compute,
             })
         })
         .collect();

@@ -215,9 +215,13 @@ impl<'a> Monitor<'a> {
                 self.store
                     .event(run_id, "warn", &format!("rank {rank} left the rendezvous"))?;
             }
-            Event::Heartbeat { rank, evaluated } => {
+            Event::Heartbeat {
+                rank,
+                evaluated,
+                compute,
+            } => {
                 self.last_seen[rank as usize] = Some(Instant::now());
-                self.write_heartbeat(rank)?;
+                self.write_heartbeat(rank, &compute)?;
                 if let Some(counts) = &mut self.evaluated {
                     counts[rank as usize] = evaluated;
                     self.progress.advance(counts.iter().sum(), String::new());
@@ -363,11 +367,12 @@ impl<'a> Monitor<'a> {
     }
 
     /// Notes in the database that `rank` was heard from, at most once a second per rank.
-    fn write_heartbeat(&mut self, rank: u32) -> anyhow::Result<()> {
+    fn write_heartbeat(&mut self, rank: u32, compute: &str) -> anyhow::Result<()> {
         let written = &mut self.heartbeat_written[rank as usize];
         if written.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             *written = Some(Instant::now());
-            self.store.record_heartbeat(&self.ctx.run_id, rank)?;
+            self.store
+                .record_heartbeat(&self.ctx.run_id, rank, compute)?;
         }
         Ok(())
     }

@@ -23,6 +23,7 @@
 //! `inception_3a_1x1`, `conv_3x3.{0, 1}` are `…_3x3_reduce, …_3x3`, `double_3x3.{0, 1, 2}` are
 //! `…_double_3x3_reduce, …_double_3x3_1, …_double_3x3_2` and `pool_proj` is `…_pool_proj`.
 
+use crate::model::Kernels;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::{AvgPool2d, MaxPool2d, MaxPool2dConfig};
@@ -82,7 +83,7 @@ impl BnInceptionConfig {
     ///
     /// # Panics
     /// If `width` is not a positive finite number.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> BnInception<B> {
+    pub fn init<B: Kernels>(&self, device: &B::Device) -> BnInception<B> {
         let b = Builder::<B> {
             f: ConvFactory {
                 conv_bias: true,
@@ -202,7 +203,7 @@ pub struct BnInception<B: Backend> {
     pub last_linear: Linear<B>,
 }
 
-impl<B: Backend> BnInception<B> {
+impl<B: Kernels> BnInception<B> {
     /// Images `[N, 3, S, S]` → logits `[N, num_classes]`.
     ///
     /// `S` must be at least [`BnInceptionConfig::min_image_size`] (check it with
@@ -248,7 +249,7 @@ pub enum Pool {
 }
 
 impl Pool {
-    fn forward<B: Backend>(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward<B: Kernels>(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
             Self::Avg(pool) => pool.forward(x),
             Self::Max(pool) => pool.forward(x),
@@ -273,7 +274,7 @@ pub struct InceptionBlock<B: Backend> {
     pub pool_proj: Option<ConvBn<B>>,
 }
 
-impl<B: Backend> InceptionBlock<B> {
+impl<B: Kernels> InceptionBlock<B> {
     /// `[N, C, H, W]` → `[N, C', H', W']`, halving `H` and `W` (rounding up) in the reduction
     /// blocks.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -304,7 +305,7 @@ impl<B: Backend> InceptionBlock<B> {
 }
 
 /// Applies Inception blocks in order.
-fn run_blocks<B: Backend>(blocks: &[&InceptionBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
+fn run_blocks<B: Kernels>(blocks: &[&InceptionBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
     blocks.iter().fold(x, |x, block| block.forward(x))
 }
 
@@ -372,7 +373,7 @@ struct Builder<'a, B: Backend> {
     f: ConvFactory<'a, B>,
 }
 
-impl<B: Backend> Builder<'_, B> {
+impl<B: Kernels> Builder<'_, B> {
     fn block(&self, c: usize, plan: &BlockPlan) -> InceptionBlock<B> {
         let (stride, pool, proj) = match plan.pool {
             PoolPlan::Avg(proj) => (1, Pool::Avg(avg_pool_3x3_same()), Some(proj)),

@@ -11,6 +11,7 @@
 //! The blocks are Inception-ResNet-v2's types ([`ResidualBlock`], [`Mixed6a`], [`Mixed7a`]) with
 //! other channel plans, so the residual and reduction arithmetic exists once.
 
+use crate::model::Kernels;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::MaxPool2d;
@@ -113,7 +114,7 @@ impl InceptionResNetV1Config {
     ///
     /// # Panics
     /// If `width` is not a positive finite number.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionResNetV1<B> {
+    pub fn init<B: Kernels>(&self, device: &B::Device) -> InceptionResNetV1<B> {
         let b = Builder::<B> {
             f: ConvFactory::new(self.width, self.bn_momentum, device),
         };
@@ -216,7 +217,7 @@ pub struct InceptionResNetV1<B: Backend> {
     pub classif: Linear<B>,
 }
 
-impl<B: Backend> InceptionResNetV1<B> {
+impl<B: Kernels> InceptionResNetV1<B> {
     /// Images `[N, 3, S, S]` in `[-1, 1]` → logits `[N, num_classes]`.
     ///
     /// `S` must be at least [`InceptionResNetV1Config::min_image_size`] (check it with
@@ -243,7 +244,7 @@ impl<B: Backend> InceptionResNetV1<B> {
 }
 
 /// Applies residual blocks in order.
-fn run_blocks<B: Backend>(blocks: &[ResidualBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
+fn run_blocks<B: Kernels>(blocks: &[ResidualBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
     blocks.iter().fold(x, |x, block| block.forward(x))
 }
 
@@ -252,7 +253,7 @@ struct Builder<'a, B: Backend> {
     f: ConvFactory<'a, B>,
 }
 
-impl<B: Backend> Builder<'_, B> {
+impl<B: Kernels> Builder<'_, B> {
     /// Inception-ResNet-A: [32] | [32 → 32 3×3] | [32 → 32 3×3 → 32 3×3].
     fn block35(&self, c: usize, scale: f64) -> ResidualBlock<B> {
         self.residual(

@@ -5,6 +5,7 @@
 //! Module paths follow timm (`conv2d_1a`, `mixed_5b.branch3.1`, `repeat.0.conv2d`, `classif`, …)
 //! so timm checkpoints import by name.
 
+use crate::model::Kernels;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -107,7 +108,7 @@ impl InceptionResNetV2Config {
     ///
     /// # Panics
     /// If `width` is not a positive finite number.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionResNetV2<B> {
+    pub fn init<B: Kernels>(&self, device: &B::Device) -> InceptionResNetV2<B> {
         let b = Builder::<B> {
             f: ConvFactory::new(self.width, self.bn_momentum, device),
         };
@@ -267,7 +268,7 @@ pub struct AuxHead<B: Backend> {
     pub logits: Linear<B>,
 }
 
-impl<B: Backend> AuxHead<B> {
+impl<B: Kernels> AuxHead<B> {
     /// The 17×17-grid features → auxiliary logits.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self
@@ -278,7 +279,7 @@ impl<B: Backend> AuxHead<B> {
     }
 }
 
-impl<B: Backend> InceptionResNetV2<B> {
+impl<B: Kernels> InceptionResNetV2<B> {
     /// Images `[N, 3, S, S]` in `[-1, 1]` → logits `[N, num_classes]`.
     ///
     /// `S` must be at least [`InceptionResNetV2Config::min_image_size`] (check it with
@@ -344,7 +345,7 @@ pub struct ResidualBlock<B: Backend> {
     pub relu: bool,
 }
 
-impl<B: Backend> ResidualBlock<B> {
+impl<B: Kernels> ResidualBlock<B> {
     /// Assembles a block from its branches, adding the up projection from their concatenated
     /// width back to the `channels` of the shortcut.
     pub fn new(
@@ -397,7 +398,7 @@ pub struct Mixed5b<B: Backend> {
     pub branch3: (AvgPool2d, ConvBn<B>),
 }
 
-impl<B: Backend> Mixed5b<B> {
+impl<B: Kernels> Mixed5b<B> {
     /// `[N, 192, H, W]` → `[N, 320, H, W]` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (pool, pool_conv) = &self.branch3;
@@ -430,7 +431,7 @@ pub struct Mixed6a<B: Backend> {
     pub branch2: MaxPool2d,
 }
 
-impl<B: Backend> Mixed6a<B> {
+impl<B: Kernels> Mixed6a<B> {
     /// The v4 paper's Reduction-A with its filter counts `[k, l, m, n]`: [n 3×3/2] |
     /// [k 1×1 → l 3×3 → m 3×3/2] | [max pool]. Inception-v4 uses (192, 224, 256, 384),
     /// Inception-ResNet-v1 (192, 192, 256, 384), Inception-ResNet-v2 (256, 256, 384, 384).
@@ -474,7 +475,7 @@ pub struct Mixed7a<B: Backend> {
     pub branch3: MaxPool2d,
 }
 
-impl<B: Backend> Mixed7a<B> {
+impl<B: Kernels> Mixed7a<B> {
     /// The residual networks' Reduction-B with output widths `[a, b, c, d]`: [256 → a 3×3/2] |
     /// [256 → b 3×3/2] | [256 → c 3×3 → d 3×3/2] | [max pool]. Inception-ResNet-v1 uses
     /// (384, 256, 256, 256), Inception-ResNet-v2 (384, 288, 288, 320).
@@ -515,7 +516,7 @@ impl<B: Backend> Mixed7a<B> {
 }
 
 /// Applies residual blocks in order.
-fn run_blocks<B: Backend>(blocks: &[ResidualBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
+fn run_blocks<B: Kernels>(blocks: &[ResidualBlock<B>], x: Tensor<B, 4>) -> Tensor<B, 4> {
     blocks.iter().fold(x, |x, block| block.forward(x))
 }
 
@@ -524,7 +525,7 @@ struct Builder<'a, B: Backend> {
     f: ConvFactory<'a, B>,
 }
 
-impl<B: Backend> Builder<'_, B> {
+impl<B: Kernels> Builder<'_, B> {
     fn aux_head(&self, c: usize, side: usize, num_classes: usize) -> AuxHead<B> {
         let conv2d_1b = self.f.conv(c, Conv::pointwise(128));
         let conv2d_2a = self

@@ -8,6 +8,7 @@
 //! burn's derive generates code (records, visitors) from those field names.
 #![allow(non_snake_case)]
 
+use crate::model::Kernels;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d};
@@ -101,7 +102,7 @@ impl InceptionV3Config {
     ///
     /// # Panics
     /// If `width` is not a positive finite number.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionV3<B> {
+    pub fn init<B: Kernels>(&self, device: &B::Device) -> InceptionV3<B> {
         let b = Builder::<B> {
             f: ConvFactory::new(self.width, self.bn_momentum, device),
             count_include_pad: self.count_include_pad,
@@ -236,7 +237,7 @@ pub struct InceptionV3<B: Backend> {
     pub fc: Linear<B>,
 }
 
-impl<B: Backend> InceptionV3<B> {
+impl<B: Kernels> InceptionV3<B> {
     /// Images `[N, 3, S, S]` in `[-1, 1]` → logits `[N, num_classes]`.
     ///
     /// `S` must be at least [`InceptionV3Config::min_image_size`] (check it with
@@ -318,7 +319,7 @@ pub struct InceptionA<B: Backend> {
     pub branch_pool: ConvBn<B>,
 }
 
-impl<B: Backend> InceptionA<B> {
+impl<B: Kernels> InceptionA<B> {
     /// `[N, C, H, W]` → `[N, 64 + 64 + 96 + pool, H, W]` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
@@ -362,7 +363,7 @@ pub struct InceptionB<B: Backend> {
     pub pool: MaxPool2d,
 }
 
-impl<B: Backend> InceptionB<B> {
+impl<B: Kernels> InceptionB<B> {
     /// `[N, C, H, W]` → `[N, 384 + 96 + C, H', W']` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
@@ -414,7 +415,7 @@ pub struct InceptionC<B: Backend> {
     pub branch_pool: ConvBn<B>,
 }
 
-impl<B: Backend> InceptionC<B> {
+impl<B: Kernels> InceptionC<B> {
     /// `[N, C, H, W]` → `[N, 4 · 192, H, W]` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
@@ -458,7 +459,7 @@ pub struct InceptionD<B: Backend> {
     pub pool: MaxPool2d,
 }
 
-impl<B: Backend> InceptionD<B> {
+impl<B: Kernels> InceptionD<B> {
     /// `[N, C, H, W]` → `[N, 320 + 192 + C, H', W']` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branches = vec![
@@ -509,7 +510,7 @@ pub struct InceptionE<B: Backend> {
     pub branch_pool: ConvBn<B>,
 }
 
-impl<B: Backend> InceptionE<B> {
+impl<B: Kernels> InceptionE<B> {
     /// `[N, C, H, W]` → `[N, 320 + 2 · 384 + 2 · 384 + 192, H, W]` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let branch3x3 = self.branch3x3_1.forward(x.clone());
@@ -555,7 +556,7 @@ pub struct InceptionAux<B: Backend> {
     pub fc: Linear<B>,
 }
 
-impl<B: Backend> InceptionAux<B> {
+impl<B: Kernels> InceptionAux<B> {
     /// Mixed_6e's output → auxiliary logits.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = run_chain([&self.conv0, &self.conv1], self.pool.forward(x));
@@ -570,7 +571,7 @@ struct Builder<'a, B: Backend> {
     count_include_pad: bool,
 }
 
-impl<B: Backend> Builder<'_, B> {
+impl<B: Kernels> Builder<'_, B> {
     /// [`ConvFactory::chain`] as an array, so each conv can take its torchvision field name.
     fn chain<const N: usize>(&self, c: usize, specs: [Conv; N]) -> [ConvBn<B>; N] {
         self.f

@@ -11,6 +11,7 @@
 //! [`Mixed5b`] and [`Mixed6a`] types with other channel plans (the paper shares Reduction-A
 //! across v4 and both residual networks), so their arithmetic exists once.
 
+use crate::model::Kernels;
 use std::iter::{once, repeat_n};
 
 use burn::config::Config;
@@ -91,7 +92,7 @@ impl InceptionV4Config {
     ///
     /// # Panics
     /// If `width` is not a positive finite number.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> InceptionV4<B> {
+    pub fn init<B: Kernels>(&self, device: &B::Device) -> InceptionV4<B> {
         let b = Builder::<B> {
             f: ConvFactory::new(self.width, self.bn_momentum, device),
         };
@@ -161,7 +162,7 @@ pub struct InceptionV4<B: Backend> {
     pub last_linear: Linear<B>,
 }
 
-impl<B: Backend> InceptionV4<B> {
+impl<B: Kernels> InceptionV4<B> {
     /// Images `[N, 3, S, S]` in `[-1, 1]` → logits `[N, num_classes]`.
     ///
     /// `S` must be at least [`InceptionV4Config::min_image_size`] (check it with
@@ -221,7 +222,7 @@ pub enum FeatureBlock<B: Backend> {
     InceptionC(InceptionC<B>),
 }
 
-impl<B: Backend> FeatureBlock<B> {
+impl<B: Kernels> FeatureBlock<B> {
     /// `[N, C, H, W]` → the block's output.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
@@ -274,7 +275,7 @@ pub struct ConvPool<B: Backend> {
     pub pool_first: bool,
 }
 
-impl<B: Backend> ConvPool<B> {
+impl<B: Kernels> ConvPool<B> {
     /// `[N, C, H, W]` → `[N, C + conv, H', W']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let conv = self.conv.forward(x.clone());
@@ -303,7 +304,7 @@ pub struct ConvChains<B: Backend> {
     pub branch2: Option<MaxPool2d>,
 }
 
-impl<B: Backend> ConvChains<B> {
+impl<B: Kernels> ConvChains<B> {
     /// `[N, C, H, W]` → `[N, branch0 + branch1 (+ C), H', W']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut branches = vec![
@@ -355,7 +356,7 @@ pub struct InceptionC<B: Backend> {
     pub branch3: (AvgPool2d, ConvBn<B>),
 }
 
-impl<B: Backend> InceptionC<B> {
+impl<B: Kernels> InceptionC<B> {
     /// `[N, C, H, W]` → `[N, 256 · 6, H, W]` (channels at width 1).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x1 = self.branch1_0.forward(x.clone());
@@ -396,7 +397,7 @@ struct Builder<'a, B: Backend> {
     f: ConvFactory<'a, B>,
 }
 
-impl<B: Backend> Builder<'_, B> {
+impl<B: Kernels> Builder<'_, B> {
     fn mixed_3a(&self, c: usize) -> FeatureBlock<B> {
         FeatureBlock::Mixed3a(self.conv_pool(c, 96, true))
     }
@@ -533,7 +534,7 @@ mod tests {
     type Ad = Autodiff<Flex>;
 
     /// Our module paths (enum variants leave no segment), to compare with timm's keys.
-    fn timm_paths<B: Backend>(model: &InceptionV4<B>) -> Vec<String> {
+    fn timm_paths<B: Kernels>(model: &InceptionV4<B>) -> Vec<String> {
         tensor_paths(model)
             .into_iter()
             .map(|(path, _)| path)
