@@ -48,6 +48,12 @@ pub fn peak_rss_mib() -> anyhow::Result<f64> {
     status_mib("self", "VmHWM")
 }
 
+/// Starts this process's peak resident set anew at its current size (Linux 4.0+: "5" to
+/// `/proc/self/clear_refs`), so that the next [`peak_rss_mib`] covers what ran since.
+pub fn reset_peak_rss() -> anyhow::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")
+}
+
 /// A memory figure (`VmRSS`, `VmHWM`, …) of process `pid` ("self": this one), in MiB, from
 /// `/proc/PID/status`.
 pub fn status_mib(pid: &str, field: &str) -> anyhow::Result<f64> {

@@ -13,7 +13,7 @@ use incept_common::model::registry;
 use incept_common::resolve;
 use incept_common::train::{BackendJob, Replica, TrainBackend, backend};
 
-use super::{at_least_one, median, peak_rss_mib, run_json_script, threads};
+use super::{at_least_one, median, peak_rss_mib, reset_peak_rss, run_json_script, threads};
 
 /// What to measure (`coordinator bench step`'s flags).
 #[derive(clap::Args, Debug)]
@@ -131,6 +131,8 @@ fn kernel_families(bench: &StepBench) -> Vec<KernelsKind> {
 fn measure_incept(bench: &StepBench, kernels: KernelsKind) -> anyhow::Result<Measurement> {
     let compute = device::resolve_compute(bench.device, kernels, device::local_rank()?)?;
     backend::set_cpu_threads(threads());
+    // Each row's peak is its own, not the rows' before it.
+    reset_peak_rss()?;
     let label = format!("incept ({compute}, {} thr)", threads());
     eprintln!("measuring {label}…");
     backend::run_on(compute, StepJob { bench, label })
