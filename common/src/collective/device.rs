@@ -125,6 +125,14 @@ impl TrainDevice for burn::backend::Flex {
 #[cfg(feature = "wgpu")]
 impl TrainDevice for burn::backend::Wgpu {}
 
+/// The NCCL communicator behind `collective`, the only one that reduces device memory in place.
+#[cfg(feature = "cuda")]
+fn nccl_of(collective: &mut dyn Collective) -> Result<&mut super::nccl::Nccl, CollectiveError> {
+    collective.as_nccl().ok_or_else(|| {
+        CollectiveError::Invalid("only NCCL all-reduces CUDA tensors in place".into())
+    })
+}
+
 #[cfg(feature = "cuda")]
 impl TrainDevice for burn::backend::Cuda {
     fn reduces_in_place(collective: &mut dyn Collective) -> bool {
@@ -135,11 +143,7 @@ impl TrainDevice for burn::backend::Cuda {
         bucket: Tensor<Self, 1>,
         collective: &mut dyn Collective,
     ) -> Result<Tensor<Self, 1>, CollectiveError> {
-        let Some(nccl) = collective.as_nccl() else {
-            return Err(CollectiveError::Invalid(
-                "only NCCL all-reduces CUDA tensors in place".into(),
-            ));
-        };
+        let nccl = nccl_of(collective)?;
         let device = bucket.device();
         let mut buffer = bucket.into_primitive().tensor();
         // NCCL writes into the allocation: it must be this tensor's alone, without gaps.
@@ -221,11 +225,7 @@ impl TrainDevice for burn::backend::LibTorch<f32> {
         collective: &mut dyn Collective,
     ) -> Result<Tensor<Self, 1>, CollectiveError> {
         use burn::backend::libtorch::TchTensor;
-        let Some(nccl) = collective.as_nccl() else {
-            return Err(CollectiveError::Invalid(
-                "only NCCL all-reduces CUDA tensors in place".into(),
-            ));
-        };
+        let nccl = nccl_of(collective)?;
         let bucket = bucket.into_primitive().tensor();
         // NCCL writes into the allocation: it must be this tensor's alone, without gaps.
         let buffer = if bucket.can_mut() && bucket.tensor.is_contiguous() {

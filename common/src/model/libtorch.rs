@@ -306,7 +306,7 @@ mod tests {
     use super::*;
     use crate::model::layers::{ConvBnConfig, conv2d, up_projection};
     use crate::model::params::{flatten_buffers, flatten_params, load_params};
-    use burn::tensor::backend::Backend;
+    use burn::tensor::backend::{AutodiffBackend, Backend};
 
     type Flexible = Autodiff<Flex>;
 
@@ -321,6 +321,40 @@ mod tests {
         ours.assert_approx_eq::<f32>(&reference, Tolerance::rel_abs(1e-4, 1e-5));
     }
 
+    /// Runs both forwards on input `x`, back-propagates one random upstream gradient (drawn
+    /// with `seed`) through each, compares the outputs and the input gradients, and returns
+    /// flex's and libtorch's gradients.
+    fn forward_backward(
+        x: TensorData,
+        seed: u64,
+        flex_forward: impl FnOnce(Tensor<Flexible, 4>) -> Tensor<Flexible, 4>,
+        torch_forward: impl FnOnce(Tensor<Tracked, 4>) -> Tensor<Tracked, 4>,
+    ) -> (
+        <Flexible as AutodiffBackend>::Gradients,
+        <Tracked as AutodiffBackend>::Gradients,
+    ) {
+        let x_flex =
+            Tensor::<Flexible, 4>::from_data(x.clone(), &Default::default()).require_grad();
+        let x_torch = Tensor::<Tracked, 4>::from_data(x, &LibTorchDevice::Cpu).require_grad();
+        let y_flex = flex_forward(x_flex.clone());
+        let y_torch = torch_forward(x_torch.clone());
+        let upstream = data(y_flex.dims(), seed);
+        let grads_flex = (y_flex.clone()
+            * Tensor::from_data(upstream.clone(), &Default::default()))
+        .sum()
+        .backward();
+        let grads_torch = (y_torch.clone() * Tensor::from_data(upstream, &LibTorchDevice::Cpu))
+            .sum()
+            .backward();
+        close(y_torch.into_data(), y_flex.into_data(), "the output");
+        close(
+            x_torch.grad(&grads_torch).unwrap().into_data(),
+            x_flex.grad(&grads_flex).unwrap().into_data(),
+            "the input gradient",
+        );
+        (grads_flex, grads_torch)
+    }
+
     /// One ConvBn on libtorch (one op) and on flex (the composition), from the same
     /// parameters, over two training steps: outputs, the input, weight, gamma and beta
     /// gradients, the running statistics, and inference with them.
@@ -330,25 +364,11 @@ mod tests {
         let flex = load_params(flex, &initial);
         let torch = load_params(config.init::<Tracked>(&LibTorchDevice::Cpu), &initial);
         for step in 0..2 {
-            let x = data(input, 2 * step);
-            let x_flex =
-                Tensor::<Flexible, 4>::from_data(x.clone(), &Default::default()).require_grad();
-            let x_torch = Tensor::<Tracked, 4>::from_data(x, &LibTorchDevice::Cpu).require_grad();
-            let y_flex = flex.forward(x_flex.clone());
-            let y_torch = torch.forward(x_torch.clone());
-            let upstream = data(y_flex.dims(), 2 * step + 1);
-            let grads_flex = (y_flex.clone()
-                * Tensor::from_data(upstream.clone(), &Default::default()))
-            .sum()
-            .backward();
-            let grads_torch = (y_torch.clone() * Tensor::from_data(upstream, &LibTorchDevice::Cpu))
-                .sum()
-                .backward();
-            close(y_torch.into_data(), y_flex.into_data(), "the output");
-            close(
-                x_torch.grad(&grads_torch).unwrap().into_data(),
-                x_flex.grad(&grads_flex).unwrap().into_data(),
-                "the input gradient",
+            let (grads_flex, grads_torch) = forward_backward(
+                data(input, 2 * step),
+                2 * step + 1,
+                |x| flex.forward(x),
+                |x| torch.forward(x),
             );
             close(
                 torch.conv.weight.grad(&grads_torch).unwrap().into_data(),
@@ -423,24 +443,11 @@ mod tests {
             up_projection::<Tracked>([6, 4], &LibTorchDevice::Cpu),
             &initial,
         );
-        let (x, upstream) = (data([3, 6, 5, 4], 0), data([3, 4, 5, 4], 1));
-        let x_flex =
-            Tensor::<Flexible, 4>::from_data(x.clone(), &Default::default()).require_grad();
-        let x_torch = Tensor::<Tracked, 4>::from_data(x, &LibTorchDevice::Cpu).require_grad();
-        let y_flex = conv2d(&flex, x_flex.clone());
-        let y_torch = conv2d(&torch, x_torch.clone());
-        let grads_flex = (y_flex.clone()
-            * Tensor::from_data(upstream.clone(), &Default::default()))
-        .sum()
-        .backward();
-        let grads_torch = (y_torch.clone() * Tensor::from_data(upstream, &LibTorchDevice::Cpu))
-            .sum()
-            .backward();
-        close(y_torch.into_data(), y_flex.into_data(), "the output");
-        close(
-            x_torch.grad(&grads_torch).unwrap().into_data(),
-            x_flex.grad(&grads_flex).unwrap().into_data(),
-            "the input gradient",
+        let (grads_flex, grads_torch) = forward_backward(
+            data([3, 6, 5, 4], 0),
+            1,
+            |x| conv2d(&flex, x),
+            |x| conv2d(&torch, x),
         );
         close(
             torch.weight.grad(&grads_torch).unwrap().into_data(),
